@@ -1,0 +1,42 @@
+"""dcspass: Deformable Convolution with Stochasticity as a graph pass.
+
+The data path, in the order a model travels it:
+    policy selects convs -> Eq. 12 bound check -> rewrite (``transform``) -> ``DCSConv2d``
+    -> ``dcs_conv2d`` op (``torch.ops.dcspass``, ``kernels/``) -> Triton on CUDA / PyTorch on CPU.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    BoundError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DCSError,
+    EvaluationError,
+    PolicyError,
+    TapError,
+)
+from .functional import dcs_conv2d
+from .layers import DCSConv2d
+from .sampling import dcs_layers, excluding_taps, frozen_taps, sample_taps, using_taps
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BoundError",
+    "CheckpointError",
+    "ConfigError",
+    "DCSConv2d",
+    "DCSError",
+    "DataError",
+    "EvaluationError",
+    "PolicyError",
+    "TapError",
+    "dcs_conv2d",
+    "dcs_layers",
+    "excluding_taps",
+    "frozen_taps",
+    "sample_taps",
+    "using_taps",
+]

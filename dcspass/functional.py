@@ -1,0 +1,137 @@
+"""The DCS convolution as a function: ``dcs_conv2d(x, weight, bias, taps, ...)``.
+
+Arguments are validated here, once, with messages that name the bad value; the op behind it
+(``torch.ops.dcspass.dcs_conv2d``, registered in ``kernels.op``) trusts its inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from kernels import op as _op
+
+from .errors import ConfigError
+from .sampling import validate_taps
+
+__all__ = ["conv_output_size", "dcs_conv2d", "normalize_padding", "pair"]
+
+
+def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    """``3 -> (3, 3)``; ``(2, 1) -> (2, 1)``; anything else is a ``ConfigError`` naming ``name``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return (int(value[0]), int(value[1]))
+    raise ConfigError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def normalize_padding(padding: int | Sequence[int]) -> tuple[int, int, int, int]:
+    """Padding as ``(left, right, top, bottom)``, the order of ``F.pad``.
+
+    Accepts an int (all sides), a pair ``(pad_h, pad_w)`` as ``nn.Conv2d`` does, or a 4-tuple
+    ``(left, right, top, bottom)`` so even kernels can keep output shapes.
+    """
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        pads = (padding,) * 4
+    elif isinstance(padding, Sequence) and not isinstance(padding, str) and len(padding) == 2:
+        pads = (padding[1], padding[1], padding[0], padding[0])
+    elif isinstance(padding, Sequence) and not isinstance(padding, str) and len(padding) == 4:
+        pads = tuple(padding)
+    else:
+        raise ConfigError(
+            f"padding must be an int, a pair (pad_h, pad_w) or a 4-tuple (left, right, top, bottom), "
+            f"got {padding!r}"
+        )
+    if not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pads):
+        raise ConfigError(f"padding must be non-negative ints, got {padding!r}")
+    return tuple(int(p) for p in pads)  # type: ignore[return-value]
+
+
+def conv_output_size(size: int, pad_before: int, pad_after: int, k: int, stride: int, dilation: int) -> int:
+    """Output length of a convolution along one axis (floor mode, as ``F.conv2d``)."""
+    return (size + pad_before + pad_after - dilation * (k - 1) - 1) // stride + 1
+
+
+def dcs_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    taps: torch.Tensor,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """Convolution with only the given taps of a k x k kernel.
+
+    Equals ``F.conv2d(x, weight * M, bias, stride, padding, dilation, groups)`` where ``M`` is 1 at
+    ``taps`` and 0 elsewhere, but costs n taps, not k*k.
+
+    Args:
+        x: ``[B, C_in, H, W]`` (or unbatched ``[C_in, H, W]``), any memory format.
+        weight: ``[C_out, C_in/groups, k, k]``, the full square kernel.
+        bias: ``[C_out]`` or None.
+        taps: LongTensor ``[n]`` of distinct positions in ``0..k*k-1``, row-major.
+        stride, dilation: int or pair.
+        padding: int, pair ``(pad_h, pad_w)`` or 4-tuple ``(left, right, top, bottom)``; zeros.
+        groups: as in ``F.conv2d``.
+
+    Returns:
+        ``[B, C_out, H_out, W_out]``, channels_last when ``x`` is channels_last.
+    """
+    stride_, dilation_ = pair(stride, "stride"), pair(dilation, "dilation")
+    padding_ = normalize_padding(padding)
+    if min(stride_) < 1 or min(dilation_) < 1:
+        raise ConfigError(f"stride and dilation must be >= 1, got stride={stride!r}, dilation={dilation!r}")
+    check_conv_shapes(x, weight, bias, groups, padding_, stride_, dilation_)
+    k = weight.shape[-1]
+    if not torch.compiler.is_compiling():
+        validate_taps(taps, k * k)
+    unbatched = x.dim() == 3
+    out = _op.dcs_conv2d(
+        x.unsqueeze(0) if unbatched else x, weight, bias, taps, list(stride_), list(padding_),
+        list(dilation_), groups,
+    )
+    return out.squeeze(0) if unbatched else out
+
+
+def check_conv_shapes(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    groups: int,
+    padding: tuple[int, int, int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+) -> None:
+    """Raise ``ConfigError`` unless the shapes make a valid square-kernel grouped convolution."""
+    if x.dim() not in (3, 4):
+        raise ConfigError(f"input must be [B, C, H, W] or [C, H, W], got shape {tuple(x.shape)}")
+    if weight.dim() != 4 or weight.shape[-1] != weight.shape[-2]:
+        raise ConfigError(f"weight must be [C_out, C_in/groups, k, k] (square), got {tuple(weight.shape)}")
+    if not isinstance(groups, int) or groups < 1 or weight.shape[0] % groups:
+        raise ConfigError(f"groups={groups!r} must be a positive int dividing C_out={weight.shape[0]}")
+    c_in = x.shape[-3]
+    if c_in != weight.shape[1] * groups:
+        raise ConfigError(
+            f"input has {c_in} channels but weight {tuple(weight.shape)} with groups={groups} expects "
+            f"{weight.shape[1] * groups}"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ConfigError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if x.dtype != weight.dtype or (bias is not None and bias.dtype != weight.dtype):
+        raise ConfigError(
+            f"input, weight and bias must share a dtype, got {x.dtype}, {weight.dtype}, "
+            f"{None if bias is None else bias.dtype}"
+        )
+    k = weight.shape[-1]
+    left, right, top, bottom = padding
+    h_out = conv_output_size(x.shape[-2], top, bottom, k, stride[0], dilation[0])
+    w_out = conv_output_size(x.shape[-1], left, right, k, stride[1], dilation[1])
+    if h_out < 1 or w_out < 1:
+        raise ConfigError(
+            f"input {tuple(x.shape[-2:])} with padding {padding} is smaller than the dilated kernel "
+            f"({dilation[0] * (k - 1) + 1} x {dilation[1] * (k - 1) + 1})"
+        )

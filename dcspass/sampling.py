@@ -1,0 +1,185 @@
+"""Drawing taps, and the context managers that control the draw.
+
+A *tap* is a position in the k x k window, numbered ``0 .. k*k-1`` row-major. A DCS layer draws n
+distinct taps uniformly at every forward (DESIGN §1). Draws use torch's RNG only, so
+``torch.manual_seed`` makes runs reproducible and ``torch.compile`` keeps them random on every call:
+``torch.rand`` followed by ``topk`` is an ordinary graph op, never a baked constant.
+
+Control lives on the layer itself (plain attributes, so compiled graphs guard on them):
+
+- ``frozen_taps(model)``: one tap set per layer for the whole context, drawn at entry.
+- ``excluding_taps(model, taps)``: draw from the complement of the given taps (GSAT).
+- ``using_taps(model, taps)``: use exactly the given taps (exact-expectation attacks, analyses).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import nn
+
+from .errors import TapError
+
+__all__ = [
+    "dcs_layers",
+    "excluding_taps",
+    "frozen_taps",
+    "sample_taps",
+    "using_taps",
+    "validate_taps",
+]
+
+
+def sample_taps(
+    num_positions: int,
+    n: int,
+    excluded: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Draw ``n`` distinct taps uniformly from ``0 .. num_positions-1``, minus ``excluded``.
+
+    Args:
+        num_positions: k*k.
+        n: taps to draw.
+        excluded: optional bool mask ``[num_positions]``; True marks a tap that may not be drawn.
+        device: where the draw happens (the layer's weight device).
+
+    Returns:
+        LongTensor ``[n]``, sorted ascending (sorted taps read the input in memory order).
+    """
+    scores = torch.rand(num_positions, device=device)
+    if excluded is not None:
+        # Uniform over the complement: excluded taps get a score no kept tap can lose to.
+        scores = scores.masked_fill(excluded, -1.0)
+    return scores.topk(n).indices.sort().values
+
+
+def validate_taps(taps: torch.Tensor, num_positions: int, n: int | None = None, where: str = "taps") -> None:
+    """Raise ``TapError`` unless ``taps`` is a 1-D integer tensor of distinct positions in range."""
+    if not isinstance(taps, torch.Tensor):
+        raise TapError(f"{where}: expected a LongTensor of tap positions, got {type(taps).__name__}")
+    if taps.dtype not in (torch.int64, torch.int32):
+        raise TapError(f"{where}: taps must be an integer tensor (torch.long), got dtype {taps.dtype}")
+    if taps.dim() != 1 or taps.numel() == 0:
+        raise TapError(f"{where}: taps must be a non-empty 1-D tensor, got shape {tuple(taps.shape)}")
+    if n is not None and taps.numel() != n:
+        raise TapError(f"{where}: expected {n} taps, got {taps.numel()}")
+    if taps.device.type == "meta":
+        return
+    lo, hi = int(taps.min()), int(taps.max())
+    if lo < 0 or hi >= num_positions:
+        raise TapError(
+            f"{where}: tap positions must lie in 0..{num_positions - 1} (row-major in the k x k window), "
+            f"got values in {lo}..{hi}"
+        )
+    if torch.unique(taps).numel() != taps.numel():
+        raise TapError(f"{where}: taps must be distinct, got {taps.tolist()}")
+
+
+def dcs_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Yield ``(qualified_name, layer)`` for every DCS layer in ``model`` (``""`` for the model itself)."""
+    from .layers import DCSConv2d
+
+    for name, module in model.named_modules():
+        if isinstance(module, DCSConv2d):
+            yield name, module
+
+
+def _layers_or_raise(model: nn.Module, what: str) -> list[tuple[str, nn.Module]]:
+    layers = list(dcs_layers(model))
+    if not layers:
+        raise TapError(
+            f"{what}: {type(model).__name__} has no DCSConv2d layer; transform it first "
+            "(dcspass.transform(model, policy=...))"
+        )
+    return layers
+
+
+def _per_layer(
+    model: nn.Module, taps: torch.Tensor | Mapping[str, torch.Tensor], what: str
+) -> list[tuple[str, nn.Module, torch.Tensor]]:
+    """Match a tensor (for a single layer) or a ``{qualified_name: taps}`` mapping to layers."""
+    layers = _layers_or_raise(model, what)
+    if isinstance(taps, torch.Tensor):
+        if len(layers) != 1:
+            names = ", ".join(n or "<root>" for n, _ in layers)
+            raise TapError(
+                f"{what}: the model has {len(layers)} DCS layers ({names}); pass a dict "
+                "{qualified_name: taps} instead of one tensor"
+            )
+        return [(layers[0][0], layers[0][1], taps)]
+    by_name = dict(layers)
+    unknown = sorted(set(taps) - set(by_name))
+    if unknown:
+        raise TapError(
+            f"{what}: no DCS layer named {unknown}; DCS layers are {sorted(by_name) or ['<root>']}"
+        )
+    return [(name, by_name[name], t) for name, t in taps.items()]
+
+
+@contextlib.contextmanager
+def frozen_taps(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Freeze one draw of taps per DCS layer for the whole context.
+
+    The draw happens at entry and honours any active ``excluding_taps``. Yields the frozen taps
+    ``{qualified_name: LongTensor[n]}``. Nested contexts restore the outer state on exit.
+    """
+    layers = _layers_or_raise(model, "frozen_taps")
+    saved = [(layer, layer.fixed_taps) for _, layer in layers]
+    drawn = {}
+    try:
+        for name, layer in layers:
+            if layer.fixed_taps is None:
+                layer.fixed_taps = layer.draw_taps()
+            drawn[name] = layer.fixed_taps
+        yield drawn
+    finally:
+        for layer, old in saved:
+            layer.fixed_taps = old
+
+
+@contextlib.contextmanager
+def using_taps(model: nn.Module, taps: torch.Tensor | Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Use exactly the given taps (per qualified layer name) for every forward in the context."""
+    matched = _per_layer(model, taps, "using_taps")
+    saved = [(layer, layer.fixed_taps) for _, layer, _ in matched]
+    try:
+        for name, layer, t in matched:
+            validate_taps(t, layer.num_positions, layer.n, where=f"using_taps[{name or '<root>'}]")
+            layer.fixed_taps = t.to(device=layer.weight.device, dtype=torch.long)
+        yield
+    finally:
+        for layer, old in saved:
+            layer.fixed_taps = old
+
+
+@contextlib.contextmanager
+def excluding_taps(model: nn.Module, taps: torch.Tensor | Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Draw taps from the complement of ``taps`` (per qualified layer name) inside the context.
+
+    This is GSAT's training draw: taps the attack used (X^s) are excluded. Exclusions nest (the
+    union applies). Excluding so many taps that fewer than n remain raises ``TapError``.
+    """
+    matched = _per_layer(model, taps, "excluding_taps")
+    saved = [(layer, layer.excluded_mask) for _, layer, _ in matched]
+    try:
+        for name, layer, t in matched:
+            where = f"excluding_taps[{name or '<root>'}]"
+            validate_taps(t, layer.num_positions, None, where=where)
+            mask = torch.zeros(layer.num_positions, dtype=torch.bool, device=layer.weight.device)
+            mask[t.to(mask.device)] = True
+            if layer.excluded_mask is not None:
+                mask |= layer.excluded_mask
+            remaining = layer.num_positions - int(mask.sum())
+            if remaining < layer.n:
+                raise TapError(
+                    f"{where}: excluding {layer.num_positions - remaining} of {layer.num_positions} taps "
+                    f"leaves {remaining}, fewer than n={layer.n}; exclude fewer taps or use a larger k"
+                )
+            layer.excluded_mask = mask
+        yield
+    finally:
+        for layer, old in saved:
+            layer.excluded_mask = old

@@ -1,0 +1,144 @@
+"""``torch.ops.dcspass``: the DCS convolution as ``torch.library`` custom ops.
+
+Three ops, so ``torch.compile`` and ``torch.export`` see one node per step and each backend can
+supply its own kernel for each:
+
+- ``dcspass::dcs_conv2d(x, weight, bias, taps, stride, padding, dilation, groups)``
+- ``dcspass::dcs_conv2d_grad_input(grad_out, x_size, channels_last, weight, taps, ...)``
+- ``dcspass::dcs_conv2d_grad_weight(grad_out, x, weight_size, taps, ...)``
+
+``padding`` is ``[left, right, top, bottom]``; ``weight`` is the full ``[C_out, C_in/groups, k, k]``
+kernel and ``taps`` a LongTensor ``[n]`` of positions in it. Inputs are trusted: validation lives in
+``dcspass.functional.dcs_conv2d``. Each op dispatches at run time to a backend module with the
+functions ``dcs_forward``, ``dcs_grad_input`` and ``dcs_grad_weight``: ``kernels.cpu`` (pure PyTorch,
+every device) unless a faster backend claims the call (``register_backend``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from . import cpu
+
+__all__ = ["dcs_conv2d", "dcs_conv2d_grad_input", "dcs_conv2d_grad_weight", "register_backend"]
+
+# (predicate, backend) pairs, tried in order; the first predicate that accepts the call wins.
+_BACKENDS: list[tuple[Callable[..., bool], ModuleType]] = []
+
+
+def register_backend(accepts: Callable[..., bool], backend: ModuleType) -> None:
+    """Route calls for which ``accepts(x_or_grad, weight, groups)`` is true to ``backend``."""
+    _BACKENDS.insert(0, (accepts, backend))
+
+
+def _backend(t: Tensor, weight: Tensor, groups: int) -> ModuleType:
+    for accepts, backend in _BACKENDS:
+        if accepts(t, weight, groups):
+            return backend
+    return cpu
+
+
+def _channels_last(x: Tensor) -> bool:
+    return cpu._memory_format(x) == torch.channels_last
+
+
+def _empty_nchw(size, like: Tensor, channels_last: bool) -> Tensor:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(size, dtype=like.dtype, device=like.device, memory_format=fmt)
+
+
+@torch.library.custom_op("dcspass::dcs_conv2d", mutates_args=())
+def dcs_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    taps: Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> Tensor:
+    return _backend(x, weight, groups).dcs_forward(
+        x, weight, bias, taps, tuple(stride), tuple(padding), tuple(dilation), groups
+    )
+
+
+@dcs_conv2d.register_fake
+def _(x, weight, bias, taps, stride, padding, dilation, groups):
+    b, _, h, w = x.shape
+    h_out, w_out = cpu.output_hw(h, w, weight.shape[-1], stride, padding, dilation)
+    return _empty_nchw((b, weight.shape[0], h_out, w_out), x, _channels_last(x))
+
+
+@torch.library.custom_op("dcspass::dcs_conv2d_grad_input", mutates_args=())
+def dcs_conv2d_grad_input(
+    grad_out: Tensor,
+    x_size: list[int],
+    channels_last: bool,
+    weight: Tensor,
+    taps: Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> Tensor:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return _backend(grad_out, weight, groups).dcs_grad_input(
+        grad_out, tuple(x_size), fmt, weight, taps, tuple(stride), tuple(padding), tuple(dilation), groups
+    )
+
+
+@dcs_conv2d_grad_input.register_fake
+def _(grad_out, x_size, channels_last, weight, taps, stride, padding, dilation, groups):
+    return _empty_nchw(x_size, grad_out, channels_last)
+
+
+@torch.library.custom_op("dcspass::dcs_conv2d_grad_weight", mutates_args=())
+def dcs_conv2d_grad_weight(
+    grad_out: Tensor,
+    x: Tensor,
+    weight_size: list[int],
+    taps: Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> Tensor:
+    weight_meta = torch.empty(weight_size, device="meta", dtype=x.dtype)
+    return _backend(x, weight_meta, groups).dcs_grad_weight(
+        grad_out, x, tuple(weight_size), taps, tuple(stride), tuple(padding), tuple(dilation), groups
+    )
+
+
+@dcs_conv2d_grad_weight.register_fake
+def _(grad_out, x, weight_size, taps, stride, padding, dilation, groups):
+    return grad_out.new_empty(weight_size)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, taps, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(x, weight, taps)
+    ctx.conv = (stride, padding, dilation, groups)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_out):
+    x, weight, taps = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.conv
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad_x = dcs_conv2d_grad_input(
+            grad_out, list(x.shape), _channels_last(x), weight, taps, stride, padding, dilation, groups
+        )
+    if ctx.needs_input_grad[1]:
+        grad_w = dcs_conv2d_grad_weight(grad_out, x, list(weight.shape), taps, stride, padding, dilation, groups)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_b = grad_out.sum((0, 2, 3))
+    return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
+dcs_conv2d.register_autograd(_backward, setup_context=_setup_context)
