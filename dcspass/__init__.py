@@ -7,6 +7,7 @@ The data path, in the order a model travels it:
 
 from __future__ import annotations
 
+from . import bounds, policies
 from .errors import (
     BoundError,
     CheckpointError,
@@ -18,8 +19,10 @@ from .errors import (
     TapError,
 )
 from .functional import dcs_conv2d
-from .layers import DCSConv2d
+from .instrument import instrument
+from .layers import DCSConv2d, DCSConv2dSame
 from .sampling import dcs_layers, excluding_taps, frozen_taps, sample_taps, using_taps
+from .transform import transform
 
 __version__ = "0.1.0"
 
@@ -28,15 +31,20 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DCSConv2d",
+    "DCSConv2dSame",
     "DCSError",
     "DataError",
     "EvaluationError",
     "PolicyError",
     "TapError",
+    "bounds",
     "dcs_conv2d",
     "dcs_layers",
     "excluding_taps",
     "frozen_taps",
+    "instrument",
+    "policies",
     "sample_taps",
+    "transform",
     "using_taps",
 ]

@@ -15,7 +15,7 @@ from .errors import ConfigError
 from .functional import check_conv_shapes, normalize_padding, pair
 from .sampling import sample_taps
 
-__all__ = ["DCSConv2d"]
+__all__ = ["DCSConv2d", "DCSConv2dSame"]
 
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -153,3 +153,32 @@ def _same_padding(k: int, dilation: tuple[int, int]) -> tuple[int, int, int, int
     """PyTorch's stride-1 'same' padding as (left, right, top, bottom): the odd pixel goes right/bottom."""
     total_h, total_w = dilation[0] * (k - 1), dilation[1] * (k - 1)
     return (total_w // 2, total_w - total_w // 2, total_h // 2, total_h - total_h // 2)
+
+
+class DCSConv2dSame(DCSConv2d):
+    """``DCSConv2d`` with TensorFlow "SAME" padding, computed from the input size at every forward.
+
+    The SAME padding is that of a ``same_kernel`` (kh, kw) convolution with this layer's stride and
+    dilation; ``padding`` (``(left, right, top, bottom)``) is added on top. ``transform`` uses this for
+    timm's ``Conv2dSame``: ``same_kernel`` is the original kernel, ``padding`` the ring around it, so
+    each output pixel sees the same input window as before plus the ring. Built directly with the
+    defaults (``same_kernel=None``, ``padding=0``) it is a plain TF-"SAME" k x k DCS convolution.
+    """
+
+    def __init__(self, *args, same_kernel: int | Sequence[int] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.same_kernel = pair(self.kernel_size if same_kernel is None else same_kernel, "same_kernel")
+
+    def padding_for(self, x: torch.Tensor) -> tuple[int, int, int, int]:
+        pad_h = _tf_same_total(x.shape[-2], self.same_kernel[0], self.stride[0], self.dilation[0])
+        pad_w = _tf_same_total(x.shape[-1], self.same_kernel[1], self.stride[1], self.dilation[1])
+        left, right, top, bottom = self.padding
+        return (pad_w // 2 + left, pad_w - pad_w // 2 + right, pad_h // 2 + top, pad_h - pad_h // 2 + bottom)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", tf_same_kernel={self.same_kernel}"
+
+
+def _tf_same_total(size: int, k: int, stride: int, dilation: int) -> int:
+    """Total TF-"SAME" padding along one axis: enough that the output has ceil(size / stride) pixels."""
+    return max((-(-size // stride) - 1) * stride + (k - 1) * dilation + 1 - size, 0)
