@@ -111,8 +111,26 @@ def _tapped_weight(weight: torch.Tensor, taps: torch.Tensor, groups: int) -> tor
 
 def _to_format(t_nhwc: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
     """A ``[B, H, W, C]`` tensor as ``[B, C, H, W]`` in the requested memory format."""
-    out = t_nhwc.permute(0, 3, 1, 2)
-    return out.contiguous() if fmt == torch.contiguous_format else out
+    return t_nhwc.permute(0, 3, 1, 2).contiguous(memory_format=fmt)  # a no-op when already there
+
+
+def _gather_cols_nchw(x: torch.Tensor, windows: list[TapWindow], partial: bool, groups: int, hw_out):
+    """``cols[b, g, t, c, i, j]`` = input channel ``g*Cg + c`` under tap t at output (i, j); zero in padding."""
+    b, c = x.shape[0], x.shape[1]
+    alloc = torch.zeros if partial else torch.empty
+    cols = alloc((b, groups, len(windows), c // groups, *hw_out), dtype=x.dtype, device=x.device)
+    for w in windows:
+        if not w.empty():
+            dst = cols[:, :, w.index, :, w.out_rows, w.out_cols]
+            dst.copy_(x[:, :, w.in_rows, w.in_cols].unflatten(1, (groups, -1)))
+    return cols
+
+
+def _batched(weight_groups: torch.Tensor, batch: int) -> torch.Tensor:
+    """``[g, R, C]`` -> ``[batch*g, R, C]`` as a stride-0 view (bmm reads it without a copy)."""
+    g = weight_groups.shape[0]
+    return weight_groups.unsqueeze(0).expand(batch, -1, -1, -1).reshape(batch * g, *weight_groups.shape[1:]) \
+        if g > 1 else weight_groups.expand(batch, -1, -1)
 
 
 def dcs_forward(x, weight, bias, taps, stride, padding: Pads, dilation, groups: int) -> torch.Tensor:
@@ -131,10 +149,15 @@ def dcs_forward(x, weight, bias, taps, stride, padding: Pads, dilation, groups: 
                     x[:, :, win.in_rows, win.in_cols], wt[:, win.index].view(1, -1, 1, 1)
                 )
         return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
-    cols = _gather_cols(x, windows, partial, groups, hw_out)
+    wt = _tapped_weight(weight, taps, groups)  # [g, n*Cg, Og]
+    if fmt == torch.contiguous_format:
+        # Per image and group: out[Og, HW] = W_taps^T [Og, n*Cg] @ cols [n*Cg, HW]; lands in NCHW.
+        cols = _gather_cols_nchw(x, windows, partial, groups, hw_out).view(b * groups, -1, hw_out[0] * hw_out[1])
+        out = torch.bmm(_batched(wt.transpose(1, 2), b), cols).view(b, c_out, *hw_out)
+        return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
+    # channels_last: one GEMM per group over all B*H_out*W_out rows; lands in NHWC.
     m = b * hw_out[0] * hw_out[1]
-    cols = cols.view(groups, m, -1)
-    wt = _tapped_weight(weight, taps, groups)
+    cols = _gather_cols(x, windows, partial, groups, hw_out).view(groups, m, -1)
     if groups == 1:
         out = cols[0] @ wt[0] if bias is None else torch.addmm(bias, cols[0], wt[0])
         return _to_format(out.view(b, *hw_out, c_out), fmt)
@@ -169,9 +192,18 @@ def dcs_grad_input(grad_out, x_shape, x_format, weight, taps, stride, padding: P
                 )
         return gx
     wt = _tapped_weight(weight, taps, groups)  # [g, n*Cg, Og]
+    cg, n = c_in // groups, len(windows)
+    if x_format == torch.contiguous_format:
+        go = grad_out.contiguous().view(b * groups, -1, hw_out[0] * hw_out[1])
+        gcols = torch.bmm(_batched(wt, b), go).view(b, groups, n, cg, *hw_out)
+        gx = torch.zeros(x_shape, dtype=grad_out.dtype, device=grad_out.device)
+        gxg = gx.view(b, groups, cg, h, w)
+        for win in windows:
+            if not win.empty():
+                gxg[:, :, :, win.in_rows, win.in_cols].add_(gcols[:, :, win.index, :, win.out_rows, win.out_cols])
+        return gx
     gcols = torch.bmm(_grad_out_groups(grad_out, groups), wt.transpose(1, 2))  # [g, M, n*Cg]
-    cg = c_in // groups
-    gcols = gcols.view(groups, b, *hw_out, len(windows), cg)
+    gcols = gcols.view(groups, b, *hw_out, n, cg)
     gx = torch.zeros((b, h, w, c_in), dtype=grad_out.dtype, device=grad_out.device)
     gxg = gx.view(b, h, w, groups, cg)
     for win in windows:
@@ -187,15 +219,23 @@ def dcs_grad_weight(grad_out, x, weight_shape, taps, stride, padding: Pads, dila
     b, _, h, w = x.shape
     hw_out = tuple(grad_out.shape[-2:])
     windows, partial = tap_windows(taps.tolist(), k, (h, w), hw_out, stride, padding, dilation)
+    n = len(windows)
     gw = torch.zeros((c_out, cg, k * k), dtype=grad_out.dtype, device=grad_out.device)
-    if _is_depthwise(torch.empty(weight_shape, device="meta"), groups):
+    if cg == 1 and c_out == groups:  # depthwise
         for win in windows:
             if not win.empty():
                 prod = grad_out[:, :, win.out_rows, win.out_cols] * x[:, :, win.in_rows, win.in_cols]
                 gw[:, 0, taps[win.index]] = prod.sum((0, 2, 3))
         return gw.view(weight_shape)
-    cols = _gather_cols(x, windows, partial, groups, hw_out).view(groups, b * hw_out[0] * hw_out[1], -1)
-    gwt = torch.bmm(cols.transpose(1, 2), _grad_out_groups(grad_out, groups))  # [g, n*Cg, Og]
-    n = len(windows)
-    gw.index_copy_(2, taps, gwt.view(groups, n, cg, -1).permute(0, 3, 2, 1).reshape(c_out, cg, n))
+    if _memory_format(x) == torch.contiguous_format:
+        # Per image and group [Og, HW] @ [HW, n*Cg], summed over the batch.
+        cols = _gather_cols_nchw(x, windows, partial, groups, hw_out).view(b * groups, -1, hw_out[0] * hw_out[1])
+        go = grad_out.contiguous().view(b * groups, -1, hw_out[0] * hw_out[1])
+        gwt = torch.bmm(go, cols.transpose(1, 2)).view(b, groups, -1, n * cg).sum(0)  # [g, Og, n*Cg]
+        gwt = gwt.view(groups, -1, n, cg).permute(0, 1, 3, 2).reshape(c_out, cg, n)
+    else:
+        cols = _gather_cols(x, windows, partial, groups, hw_out).view(groups, b * hw_out[0] * hw_out[1], -1)
+        gwt = torch.bmm(cols.transpose(1, 2), _grad_out_groups(grad_out, groups))  # [g, n*Cg, Og]
+        gwt = gwt.view(groups, n, cg, -1).permute(0, 3, 2, 1).reshape(c_out, cg, n)
+    gw.index_copy_(2, taps, gwt)
     return gw.view(weight_shape)

@@ -1,0 +1,204 @@
+"""The DCS op against F.conv2d: values, gradients, registration (opcheck), errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+import dcspass
+from dcspass import ConfigError, TapError, dcs_conv2d
+
+from ._reference import masked_conv2d
+
+TOL = {torch.float64: 1e-10, torch.float32: 2e-4}
+
+
+@st.composite
+def conv_cases(draw, full: bool):
+    """A random valid convolution: shapes, geometry, dtype, memory format and taps."""
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    c_in = groups * draw(st.integers(1, 3))
+    c_out = groups * draw(st.integers(1, 3))
+    if draw(st.booleans()):  # depthwise
+        groups, c_in, c_out = c_in, c_in, c_in
+    k = draw(st.integers(1, 5))
+    stride = draw(st.sampled_from([1, 2, 3, (1, 2)]))
+    dilation = draw(st.sampled_from([1, 1, 2, (2, 1)]))
+    padding = draw(
+        st.one_of(st.integers(0, 3), st.tuples(st.integers(0, 2), st.integers(0, 2)),
+                  st.tuples(*[st.integers(0, 3)] * 4))
+    )
+    pad4 = padding if isinstance(padding, tuple) and len(padding) == 4 else None
+    dil = dilation if isinstance(dilation, tuple) else (dilation, dilation)
+    extent = [d * (k - 1) + 1 for d in dil]
+    h = draw(st.integers(max(1, extent[0] - 2 * 3), 9))
+    w = draw(st.integers(max(1, extent[1] - 2 * 3), 9))
+    ph = (pad4[2] + pad4[3]) if pad4 else 2 * (padding if isinstance(padding, int) else padding[0])
+    pw = (pad4[0] + pad4[1]) if pad4 else 2 * (padding if isinstance(padding, int) else padding[1])
+    if h + ph < extent[0]:
+        h = extent[0] - ph
+    if w + pw < extent[1]:
+        w = extent[1] - pw
+    n = k * k if full else draw(st.integers(1, k * k))
+    taps = torch.tensor(draw(st.permutations(range(k * k)))[:n])
+    return dict(
+        batch=draw(st.integers(1, 3)), c_in=c_in, c_out=c_out, groups=groups, k=k, stride=stride,
+        dilation=dilation, padding=padding, hw=(h, w), taps=taps,
+        dtype=draw(st.sampled_from([torch.float32, torch.float64])),
+        channels_last=draw(st.booleans()), bias=draw(st.booleans()),
+    )
+
+
+def _tensors(case, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    dtype = case["dtype"]
+    x = torch.randn(case["batch"], case["c_in"], *case["hw"], generator=g, dtype=dtype)
+    if case["channels_last"]:
+        x = x.to(memory_format=torch.channels_last)
+    w = torch.randn(case["c_out"], case["c_in"] // case["groups"], case["k"], case["k"], generator=g, dtype=dtype)
+    b = torch.randn(case["c_out"], generator=g, dtype=dtype) if case["bias"] else None
+    return x.requires_grad_(), w.requires_grad_(), None if b is None else b.requires_grad_()
+
+
+def _grads(out, inputs, grad_out):
+    inputs = [t for t in inputs if t is not None]
+    return torch.autograd.grad(out, inputs, grad_out)
+
+
+def _check_against(case, expected_fn):
+    x, w, b = _tensors(case)
+    geometry = (case["stride"], case["padding"], case["dilation"], case["groups"])
+    out = dcs_conv2d(x, w, b, case["taps"], *geometry)
+    ref = expected_fn(x, w, b, case["taps"], *geometry)
+    assert out.shape == ref.shape
+    tol = TOL[case["dtype"]]
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+    grad_out = torch.randn_like(ref)
+    for got, want in zip(_grads(out, (x, w, b), grad_out), _grads(ref, (x, w, b), grad_out), strict=True):
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    if not x.is_contiguous():  # channels_last input that is not also NCHW-contiguous (C=1, 1x1)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def _dense(x, w, b, taps, stride, padding, dilation, groups):
+    if isinstance(padding, tuple) and len(padding) == 4:
+        x, padding = F.pad(x, padding), 0
+    return F.conv2d(x, w, b, stride, padding, dilation, groups)
+
+
+@given(conv_cases(full=True))
+def test_all_taps_equal_conv2d(case):
+    """With n = k*k the op is exactly an ordinary convolution: values and every gradient."""
+    _check_against(case, _dense)
+
+
+@given(conv_cases(full=False))
+def test_subset_of_taps_equals_masked_conv2d(case):
+    _check_against(case, masked_conv2d)
+
+
+def test_weight_gradient_is_zero_off_the_taps():
+    x = torch.randn(2, 4, 8, 8)
+    w = torch.randn(6, 4, 5, 5, requires_grad=True)
+    taps = torch.tensor([3, 11, 24])
+    dcs_conv2d(x, w, None, taps, padding=2).square().sum().backward()
+    touched = (w.grad.abs().sum((0, 1)).flatten() > 0).nonzero().flatten()
+    assert touched.tolist() == taps.tolist()
+
+
+def test_low_precision_matches_float32_reference():
+    """fp16/bf16 on the CPU path agree with a float32 computation to their precision."""
+    x = torch.randn(2, 8, 10, 10)
+    w = torch.randn(16, 8, 5, 5) * 0.1
+    taps = torch.tensor([0, 7, 12, 20])
+    ref = masked_conv2d(x, w, None, taps, 2, 2)
+    for dtype, tol in ((torch.bfloat16, 5e-2), (torch.float16, 5e-3)):
+        got = dcs_conv2d(x.to(dtype), w.to(dtype), None, taps, 2, 2).float()
+        torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
+
+
+def test_unbatched_input():
+    x = torch.randn(3, 7, 7)
+    w = torch.randn(4, 3, 3, 3)
+    taps = torch.tensor([1, 4])
+    torch.testing.assert_close(dcs_conv2d(x, w, None, taps, padding=1),
+                               masked_conv2d(x[None], w, None, taps, padding=1)[0])
+
+
+def test_gradcheck_float64():
+    x = torch.randn(2, 4, 6, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    taps = torch.tensor([0, 5, 6, 15])
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: dcs_conv2d(x, w, b, taps, (2, 1), (1, 2, 0, 1), (1, 2), 2), (x, w, b)
+    )
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_opcheck(channels_last, groups):
+    x = torch.randn(2, 4, 9, 8)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    w = torch.randn(8, 4 // groups, 5, 5, requires_grad=True)
+    b = torch.randn(8, requires_grad=True)
+    taps = torch.tensor([2, 13])
+    args = (x.requires_grad_(), w, b, taps, [2, 2], [2, 2, 1, 2], [1, 1], groups)
+    torch.library.opcheck(torch.ops.dcspass.dcs_conv2d.default, args)
+
+
+# --- errors: our types, messages that name the problem -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("taps", "message"),
+    [
+        (torch.tensor([1, 1]), "distinct"),
+        (torch.tensor([0, 25]), r"0\.\.24"),
+        (torch.tensor([-1, 3]), r"0\.\.24"),
+        (torch.tensor([1.0, 2.0]), "integer tensor"),
+        (torch.tensor([[1, 2]]), "1-D"),
+        (torch.tensor([], dtype=torch.long), "non-empty"),
+        ([1, 2], "LongTensor"),
+    ],
+)
+def test_bad_taps(taps, message):
+    with pytest.raises(TapError, match=message):
+        dcs_conv2d(torch.randn(1, 2, 8, 8), torch.randn(2, 2, 5, 5), None, taps)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(x=torch.randn(1, 3, 8, 8)), "3 channels"),
+        (dict(w=torch.randn(2, 2, 5, 3)), "square"),
+        (dict(b=torch.randn(3)), "bias must have shape"),
+        (dict(padding=-1), "non-negative"),
+        (dict(padding=(1, 2, 3)), "4-tuple"),
+        (dict(stride=0), "stride and dilation"),
+        (dict(groups=3), "groups=3"),
+        (dict(x=torch.randn(1, 2, 2, 2)), "smaller than the dilated kernel"),
+        (dict(x=torch.randn(2, 8, 8)), None),  # unbatched is fine
+        (dict(x=torch.randn(8, 8)), r"\[B, C, H, W\]"),
+        (dict(x=torch.randn(1, 2, 8, 8, dtype=torch.float64)), "share a dtype"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    args = dict(x=torch.randn(1, 2, 8, 8), w=torch.randn(2, 2, 5, 5), b=None, padding=0, stride=1, groups=1)
+    args.update(kwargs)
+    call = lambda: dcs_conv2d(args["x"], args["w"], args["b"], torch.tensor([0, 1]), args["stride"],
+                              args["padding"], 1, args["groups"])
+    if message is None:
+        call()
+        return
+    with pytest.raises(ConfigError, match=message):
+        call()
+
+
+def test_errors_are_value_errors_and_dcs_errors():
+    assert issubclass(TapError, ValueError) and issubclass(TapError, dcspass.DCSError)
+    assert issubclass(ConfigError, ValueError)

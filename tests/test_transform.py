@@ -1,0 +1,230 @@
+"""transform: selection, naming, padding and weight embedding, F.conv2d call sites, the fallback."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import fx, nn
+
+import dcspass
+from dcspass import ConfigError, DCSConv2d, DCSConv2dSame, PolicyError
+
+DOWNSAMPLE_RN18 = ["conv1", "layer2.0.conv1", "layer3.0.conv1", "layer4.0.conv1"]
+
+
+@pytest.fixture(scope="module")
+def resnet18() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None).eval()
+
+
+def _dcs_names(model: nn.Module) -> list[str]:
+    return [name for name, _ in dcspass.dcs_layers(model)]
+
+
+class EdgeCases(nn.Module):
+    """Every padding case the pass must get right, and an F.conv2d call site, in one small model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patchify = nn.Conv2d(3, 8, 4, stride=4)  # even kernel, ConvNeXt stem
+        self.down = nn.Conv2d(8, 8, 2, stride=2)  # even kernel, ConvNeXt downsample
+        self.dilated = nn.Conv2d(8, 8, 3, padding=2, dilation=2)
+        self.same = nn.Conv2d(8, 8, 4, padding="same")  # even kernel, odd total padding
+        self.reflect = nn.Conv2d(8, 8, 3, stride=2, padding=1, padding_mode="reflect")
+        self.wide = nn.Conv2d(8, 8, (1, 3), padding=(0, 1), groups=2)  # non-square kernel, groups
+        self.anisotropic = nn.Conv2d(8, 8, 3, stride=(2, 1), padding=(1, 0), dilation=(1, 2))
+        self.w = nn.Parameter(torch.randn(4, 8, 3, 3) * 0.1)
+        self.b = nn.Parameter(torch.randn(4) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.down(torch.relu(self.patchify(x)))
+        x = self.reflect(self.same(self.dilated(x)))
+        x = self.anisotropic(self.wide(x))
+        return F.conv2d(x, self.w, self.b, stride=1, padding=1)
+
+
+def test_downsample_on_resnet18_keeps_names_and_state_dict_keys(resnet18):
+    model = dcspass.transform(resnet18, "downsample")
+    assert isinstance(model, fx.GraphModule)
+    assert _dcs_names(model) == DOWNSAMPLE_RN18
+    assert list(model.state_dict()) == list(resnet18.state_dict())
+    assert model.state_dict()["layer2.0.conv1.weight"].shape == (128, 64, 5, 5)
+    assert isinstance(model.layer2[0].conv1, DCSConv2d)  # containers keep their types
+
+
+def test_user_model_untouched(resnet18):
+    before = {k: v.clone() for k, v in resnet18.state_dict().items()}
+    model = dcspass.transform(resnet18, "index:6", init="fresh")
+    assert isinstance(resnet18.layer2[0].conv1, nn.Conv2d)
+    for key, value in resnet18.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert model.layer2[0].conv1.weight.data_ptr() != resnet18.layer2[0].conv1.weight.data_ptr()
+    assert model.fc.weight.data_ptr() != resnet18.fc.weight.data_ptr()
+
+
+def test_index_6_is_layer2_0_conv1_and_resamples(resnet18):
+    model = dcspass.transform(resnet18, "index:6")
+    assert _dcs_names(model) == ["layer2.0.conv1"]
+    layer = model.layer2[0].conv1
+    assert (layer.kernel_size, layer.n, layer.padding) == (5, 2, (2, 2, 2, 2))
+    x = torch.randn(2, 3, 32, 32)
+    outputs = [model(x) for _ in range(4)]
+    assert outputs[0].shape == (2, 1000)
+    assert any(not torch.allclose(outputs[0], o) for o in outputs[1:])
+
+
+def test_embed_with_all_taps_is_the_original_model_on_edge_cases():
+    torch.manual_seed(0)
+    original = EdgeCases().eval()
+    x = torch.randn(2, 3, 77 * 4 // 4 + 3, 65)  # 80x65: every layer sees odd and even sizes
+    model = dcspass.transform(original, lambda name, conv: True, n=25, k=5, check_bounds=False)
+    assert sorted(_dcs_names(model)) == sorted(
+        ["patchify", "down", "dilated", "same", "reflect", "wide", "anisotropic", "conv2d"]
+    )
+    torch.testing.assert_close(model(x), original(x), rtol=1e-5, atol=1e-5)
+    # Odd sizes everywhere: 77x65 pixels.
+    x = torch.randn(1, 3, 77, 65)
+    torch.testing.assert_close(model(x), original(x), rtol=1e-5, atol=1e-5)
+
+
+def test_every_replaced_layer_keeps_its_output_shape():
+    torch.manual_seed(0)
+    original = EdgeCases()
+    model = dcspass.transform(original, lambda name, conv: True, n=3, k=7, check_bounds=False, init="fresh")
+    shapes = {}
+    for name, module in list(original.named_children()):
+        module.register_forward_hook(lambda m, a, out, name=name: shapes.__setitem__(name, out.shape))
+    for name, module in dcspass.dcs_layers(model):
+        if name in shapes or hasattr(original, name):
+            module.register_forward_hook(lambda m, a, out, name=name: shapes.__setitem__(name + "/dcs", out.shape))
+    x = torch.randn(1, 3, 77, 65)
+    assert model(x).shape == original(x).shape
+    for name in ("patchify", "down", "dilated", "same", "reflect", "wide", "anisotropic"):
+        assert shapes[name + "/dcs"] == shapes[name], name
+
+
+def test_f_conv2d_call_site_becomes_a_dcs_submodule():
+    torch.manual_seed(0)
+    original = EdgeCases()
+    model = dcspass.transform(original, "name:conv2d", n=2, k=5, check_bounds=False)
+    assert _dcs_names(model) == ["conv2d"]
+    assert "w" not in dict(model.named_parameters())  # the old weight is gone, the DCS layer owns it
+    layer = model.conv2d
+    torch.testing.assert_close(layer.weight[:, :, 1:4, 1:4], original.w)
+    torch.testing.assert_close(layer.bias, original.b)
+    assert "self.conv2d(" in model.code
+    with dcspass.frozen_taps(model) as taps:
+        assert set(taps) == {"conv2d"}
+
+
+def test_embed_and_fresh_initialisation(resnet18):
+    embedded = dcspass.transform(resnet18, "index:6").layer2[0].conv1.weight
+    original = resnet18.layer2[0].conv1.weight
+    torch.testing.assert_close(embedded[:, :, 1:4, 1:4], original)
+    ring = embedded.clone()
+    ring[:, :, 1:4, 1:4] = 0
+    assert ring.abs().max() == 0
+    fresh = dcspass.transform(resnet18, "index:6", init="fresh").layer2[0].conv1.weight
+    assert fresh.shape == (128, 64, 5, 5)
+    assert fresh[:, :, 0].abs().max() > 0  # the ring is initialised too
+    assert not torch.allclose(fresh[:, :, 1:4, 1:4], original)
+
+
+def test_k_default_and_explicit(resnet18):
+    model = dcspass.transform(resnet18, "downsample", k=None)
+    assert model.conv1.kernel_size == 7  # max(5, 7)
+    assert model.layer2[0].conv1.kernel_size == 5  # max(5, 3)
+    model = dcspass.transform(resnet18, "index:6", k=7, check_bounds=False)
+    assert model.layer2[0].conv1.kernel_size == 7
+    assert model.layer2[0].conv1.padding == (3, 3, 3, 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"policy": "index:1", "k": 5}, "k=5 is smaller than its 7x7 kernel"),
+        ({"policy": "index:6", "n": 30, "check_bounds": False}, "n=30 exceeds the k*k=25 taps"),
+        ({"policy": "index:6", "n": 0}, "n must be a positive int"),
+        ({"policy": "index:6", "init": "zeros"}, "init must be 'embed' or 'fresh'"),
+        ({"policy": "index:6", "k": 0}, "k must be a positive int"),
+    ],
+)
+def test_bad_arguments_raise_config_error(resnet18, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        dcspass.transform(resnet18, **kwargs)
+
+
+def test_unknown_policy_raises_before_anything_happens(resnet18):
+    with pytest.raises(PolicyError, match="unknown policy 'strided'"):
+        dcspass.transform(resnet18, "strided")
+
+
+def test_timm_conv2d_same_keeps_tf_same_padding():
+    timm_layers = pytest.importorskip("timm.layers")
+    torch.manual_seed(0)
+    original = nn.Sequential(
+        timm_layers.Conv2dSame(3, 8, 3, stride=2),
+        nn.ReLU(),
+        timm_layers.Conv2dSame(8, 8, 4, stride=3, dilation=1),
+        timm_layers.Conv2dSame(8, 4, 3, stride=1, dilation=2),
+    )
+    model = dcspass.transform(original, lambda name, conv: True, n=49, k=7, check_bounds=False)
+    assert all(isinstance(layer, DCSConv2dSame) for _, layer in dcspass.dcs_layers(model))
+    for hw in ((77, 65), (64, 64), (31, 30)):
+        x = torch.randn(1, 3, *hw)
+        torch.testing.assert_close(model(x), original(x), rtol=1e-5, atol=1e-5)
+
+
+def test_std_conv_is_never_selected_and_the_match_is_reported():
+    timm_layers = pytest.importorskip("timm.layers")
+    original = nn.Sequential(timm_layers.StdConv2d(3, 8, 3, stride=2), nn.Conv2d(8, 8, 3, stride=2))
+    with pytest.warns(UserWarning, match=r"non-convertible convs.*0 \(StdConv2d overrides forward"):
+        model = dcspass.transform(original, "downsample")
+    assert _dcs_names(model) == ["1"]
+    assert type(model[0]) is timm_layers.StdConv2d
+    with pytest.raises(PolicyError, match="matches only non-convertible convs"):
+        dcspass.transform(original, "index:1")
+
+
+class Untraceable(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace this."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.a = nn.Conv2d(3, 8, 3, padding=1)  # registered second, runs first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.a(x)
+        if x.sum() > 0:
+            x = -x
+        return self.b(x)
+
+
+def test_untraceable_model_falls_back_to_module_swap_with_a_warning():
+    torch.manual_seed(0)
+    original = Untraceable()
+    with pytest.warns(UserWarning, match=r"torch.fx cannot trace Untraceable \(TraceError: .*swapping"):
+        model = dcspass.transform(original, "index:2")  # index from the dry run: b runs second
+    assert type(model) is Untraceable and model is not original
+    assert _dcs_names(model) == ["b"]
+    assert isinstance(original.b, nn.Conv2d)
+    assert model(torch.randn(2, 3, 9, 11)).shape == original(torch.randn(2, 3, 9, 11)).shape
+    full = dcspass.transform(original, "index:1,2", n=25, check_bounds=False, example_inputs=torch.ones(1, 3, 8, 8))
+    x = torch.randn(1, 3, 77, 65)
+    torch.testing.assert_close(full(x), original(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fallback_dry_run_failure_asks_for_example_inputs():
+    class NeedsTwo(Untraceable):
+        def forward(self, x, y):
+            return super().forward(x + y)
+
+    with warnings.catch_warnings(), pytest.raises(ConfigError, match="pass example_inputs="):
+        warnings.simplefilter("ignore")
+        dcspass.transform(NeedsTwo(), "downsample")
