@@ -1,0 +1,92 @@
+"""instrument: same outputs, captured taps per layer, tap control through the instrumented model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import dcspass
+from dcspass import ConfigError
+
+LAYERS = ["conv1", "layer2.0.conv1", "layer3.0.conv1", "layer4.0.conv1"]
+
+
+@pytest.fixture(scope="module")
+def dcs_resnet() -> nn.Module:
+    torch.manual_seed(0)
+    return dcspass.transform(torchvision.models.resnet18(weights=None, num_classes=10).eval(), "downsample")
+
+
+def test_captured_taps_reproduce_the_forward(dcs_resnet):
+    model = dcspass.instrument(dcs_resnet)
+    x = torch.randn(2, 3, 32, 32)
+    y = model(x)
+    taps = model.captured_taps
+    assert list(taps) == LAYERS
+    for name, layer in dcspass.dcs_layers(dcs_resnet):
+        assert taps[name].dtype == torch.long and taps[name].shape == (layer.n,)
+    with dcspass.using_taps(dcs_resnet, taps):
+        torch.testing.assert_close(dcs_resnet(x), y, rtol=0, atol=0)
+    first = {k: v.clone() for k, v in taps.items()}
+    model(x)
+    assert any(not torch.equal(first[k], model.captured_taps[k]) for k in LAYERS)  # fresh each forward
+
+
+def test_same_names_and_shared_parameters(dcs_resnet):
+    model = dcspass.instrument(dcs_resnet)
+    assert [n for n, _ in dcspass.dcs_layers(model)] == LAYERS
+    assert model.layer2[0].conv1 is dcs_resnet.layer2[0].conv1
+    assert list(model.state_dict()) == list(dcs_resnet.state_dict())
+
+
+def test_frozen_taps_on_the_instrumented_model_are_the_captured_ones(dcs_resnet):
+    model = dcspass.instrument(dcs_resnet)
+    x = torch.randn(1, 3, 32, 32)
+    with dcspass.frozen_taps(model) as frozen:
+        y1 = model(x)
+        assert {k: v.tolist() for k, v in model.captured_taps.items()} == {k: v.tolist() for k, v in frozen.items()}
+        torch.testing.assert_close(model(x), y1, rtol=0, atol=0)
+
+
+def test_excluding_captured_taps_gives_disjoint_draws(dcs_resnet):
+    """The GSAT step: attack taps X^s recorded, training draws avoid them."""
+    model = dcspass.instrument(dcs_resnet)
+    x = torch.randn(1, 3, 32, 32)
+    with dcspass.frozen_taps(model):
+        model(x)
+    attack_taps = dict(model.captured_taps)
+    with dcspass.excluding_taps(model, attack_taps):
+        for _ in range(10):
+            model(x)
+            for name, taps in model.captured_taps.items():
+                assert not set(taps.tolist()) & set(attack_taps[name].tolist()), name
+
+
+def test_gradients_flow_through_the_instrumented_model(dcs_resnet):
+    model = dcspass.instrument(dcs_resnet)
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    model(x).sum().backward()
+    grad = dcs_resnet.layer2[0].conv1.weight.grad
+    assert x.grad is not None and grad is not None
+    used = set(model.captured_taps["layer2.0.conv1"].tolist())
+    touched = {int(t) for t in torch.nonzero(grad.abs().sum((0, 1)).flatten()).flatten()}
+    assert touched <= used
+    dcs_resnet.zero_grad(set_to_none=True)
+
+
+def test_errors():
+    with pytest.raises(ConfigError, match="has no DCSConv2d layer; transform it first"):
+        dcspass.instrument(nn.Sequential(nn.Conv2d(3, 3, 3)))
+
+    class Untraceable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = dcspass.DCSConv2d(3, 3, 5, n=2, stride=2, padding=2)
+
+        def forward(self, x):
+            return self.conv(x) if x.sum() > 0 else x
+
+    with pytest.raises(ConfigError, match="torch.fx cannot trace Untraceable"):
+        dcspass.instrument(Untraceable())
