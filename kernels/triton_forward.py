@@ -144,7 +144,7 @@ def dcs_forward(
     w_out = (w + left + right - dilation[1] * (k - 1) - 1) // stride[1] + 1
     out = torch.empty((b, c_out, h_out, w_out), dtype=x.dtype, device=x.device,
                       memory_format=output_format(x))
-    taps = taps.to(device=x.device)
+    taps = taps.to(device=x.device, dtype=torch.long)
     w_taps = tapped_weight(weight, taps)
     depthwise = is_depthwise(c_out, c_in_g, groups)
     # Depthwise: one "group" whose columns are all C channels; otherwise one grid slice per group.

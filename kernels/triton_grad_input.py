@@ -151,7 +151,7 @@ def dcs_grad_input(
     left, _, top, _ = padding
     h_out, w_out = grad_out.shape[-2:]
     grad_x = torch.empty(x_shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=x_format)
-    taps = taps.to(device=grad_out.device)
+    taps = taps.to(device=grad_out.device, dtype=torch.long)
     w_taps = tapped_weight(weight, taps)
     depthwise = is_depthwise(c_out, c_in_g, groups)
     grid_groups, c_in_cols, c_out_g = (1, c_in, 1) if depthwise else (groups, c_in_g, c_out // groups)

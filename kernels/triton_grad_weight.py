@@ -40,8 +40,9 @@ DEPTHWISE_BLOCK_C = 64
 # Split-K: aim for this many programs per SM, and never give a split fewer rows than this.
 TARGET_WAVES = 2
 MIN_ROWS_PER_SPLIT = 256
-# The interpreter has no SMs to fill; two splits still exercise the partial-sum path in tests.
-INTERPRETER_SPLITS = 2
+# Without an SM count (interpreter, tracing on a machine without a GPU): two splits, which still
+# exercise the partial-sum path in the interpreter tests.
+FALLBACK_SPLITS = 2
 
 # Autotuning only touches the reduction tile and the pipeline, never the grid: the split count and the
 # partial buffer are fixed before launch.
@@ -123,16 +124,16 @@ def dcs_grad_weight_kernel(
 
 def _split_count(device: torch.device, programs: int, m_total: int) -> int:
     """Splits of the M reduction: enough programs to fill the GPU, each split at least a few tiles long."""
-    if INTERPRETING or device.type != "cuda":
-        return INTERPRETER_SPLITS
+    if INTERPRETING or device.type != "cuda" or not torch.cuda.is_available():
+        return FALLBACK_SPLITS
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     wanted = triton.cdiv(TARGET_WAVES * sms, programs)
     return max(1, min(wanted, m_total // MIN_ROWS_PER_SPLIT))
 
 
 def supports(grad_out: torch.Tensor, x: torch.Tensor) -> bool:
-    """Whether the launcher can run this call (index ranges fit in int32)."""
-    return fits_int32(grad_out, x)
+    """Whether the launcher can run this call (one dtype, index ranges fit in int32)."""
+    return grad_out.dtype == x.dtype and fits_int32(grad_out, x)
 
 
 def dcs_grad_weight(
@@ -154,7 +155,7 @@ def dcs_grad_weight(
     left, _, top, _ = padding
     h_out, w_out = grad_out.shape[-2:]
     n = taps.numel()
-    taps = taps.to(device=x.device)
+    taps = taps.to(device=x.device, dtype=torch.long)
     m_total = b * h_out * w_out
     depthwise = is_depthwise(c_out, c_in_g, groups)
     if depthwise:
