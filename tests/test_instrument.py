@@ -46,7 +46,8 @@ def test_frozen_taps_on_the_instrumented_model_are_the_captured_ones(dcs_resnet)
     x = torch.randn(1, 3, 32, 32)
     with dcspass.frozen_taps(model) as frozen:
         y1 = model(x)
-        assert {k: v.tolist() for k, v in model.captured_taps.items()} == {k: v.tolist() for k, v in frozen.items()}
+        captured = {k: v.tolist() for k, v in model.captured_taps.items()}
+        assert captured == {k: v.tolist() for k, v in frozen.items()}
         torch.testing.assert_close(model(x), y1, rtol=0, atol=0)
 
 
@@ -88,5 +89,5 @@ def test_errors():
         def forward(self, x):
             return self.conv(x) if x.sum() > 0 else x
 
-    with pytest.raises(ConfigError, match="torch.fx cannot trace Untraceable"):
+    with pytest.raises(ConfigError, match=r"torch\.fx cannot trace Untraceable"):
         dcspass.instrument(Untraceable())

@@ -101,7 +101,9 @@ def test_every_replaced_layer_keeps_its_output_shape():
         module.register_forward_hook(lambda m, a, out, name=name: shapes.__setitem__(name, out.shape))
     for name, module in dcspass.dcs_layers(model):
         if name in shapes or hasattr(original, name):
-            module.register_forward_hook(lambda m, a, out, name=name: shapes.__setitem__(name + "/dcs", out.shape))
+            module.register_forward_hook(
+                lambda m, a, out, name=name: shapes.__setitem__(name + "/dcs", out.shape)
+            )
     x = torch.randn(1, 3, 77, 65)
     assert model(x).shape == original(x).shape
     for name in ("patchify", "down", "dilated", "same", "reflect", "wide", "anisotropic"):
@@ -213,7 +215,9 @@ def test_untraceable_model_falls_back_to_module_swap_with_a_warning():
     assert _dcs_names(model) == ["b"]
     assert isinstance(original.b, nn.Conv2d)
     assert model(torch.randn(2, 3, 9, 11)).shape == original(torch.randn(2, 3, 9, 11)).shape
-    full = dcspass.transform(original, "index:1,2", n=25, check_bounds=False, example_inputs=torch.ones(1, 3, 8, 8))
+    full = dcspass.transform(
+        original, "index:1,2", n=25, check_bounds=False, example_inputs=torch.ones(1, 3, 8, 8)
+    )
     x = torch.randn(1, 3, 77, 65)
     torch.testing.assert_close(full(x), original(x), rtol=1e-5, atol=1e-5)
 
