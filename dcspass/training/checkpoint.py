@@ -1,0 +1,162 @@
+"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)``.
+
+Format (docs/architecture.md): ``{"format": "dcspass-checkpoint-v1", "config": TrainConfig.to_dict(),
+"model": state_dict, "optimizer": ..., "scheduler": ..., "epoch": epochs completed, "rng": {...},
+"history": [per-epoch dicts]}``. ``load_model`` rebuilds the network (architecture and DCS pass) from
+``config`` and loads the weights: the one way evaluation gets a trained model.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError
+from .config import TrainConfig, build_network
+
+__all__ = [
+    "FORMAT",
+    "capture_rng",
+    "load_checkpoint",
+    "load_model",
+    "restore_rng",
+    "save_checkpoint",
+]
+
+FORMAT = "dcspass-checkpoint-v1"
+
+
+def capture_rng() -> dict[str, Any]:
+    """The state of every RNG a run draws from: torch (CPU and CUDA), numpy, Python's ``random``.
+
+    Stored with plain types and tensors only, so ``weights_only=True`` can read it back.
+    """
+    _kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of ``capture_rng``."""
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["gauss"],
+        )
+    )
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (plus the format tag) to ``path`` atomically: temp file, fsync, ``os.replace``.
+
+    A run killed mid-write leaves the previous checkpoint intact, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint dict (``weights_only=True``); ``CheckpointError`` if missing, corrupt or foreign."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; train first or check --out / the path")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a torch file ({type(exc).__name__}: {str(exc)[:200]}); "
+            "delete it and train again"
+        ) from exc
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path} is not a dcspass checkpoint (format {found!r}, expected {FORMAT!r})")
+    return state
+
+
+_IDENTITY = ("arch", "num_classes", "in_channels", "width", "model_options", "policy", "n", "k")
+
+
+def check_compatible(state: dict[str, Any], config: TrainConfig, path: str | Path) -> None:
+    """``CheckpointError`` unless the checkpoint holds the same network as ``config`` would build."""
+    saved = state["config"]
+    expected = config.to_dict()
+    diff = {key: (saved.get(key), expected[key]) for key in _IDENTITY if saved.get(key) != expected[key]}
+    if diff:
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
+        raise CheckpointError(
+            f"checkpoint {path} belongs to another network ({detail}); use another --out or drop --resume"
+        )
+
+
+def load_model(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    expect: dict[str, Any] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the trained network of a checkpoint: ``(model, config)``, model in eval mode.
+
+    Args:
+        path: a checkpoint written by training.
+        map_location: where the weights go.
+        expect: optional ``{field: value}`` the checkpoint's config must match (e.g.
+            ``{"arch": "resnet18", "num_classes": 10}``); a mismatch is a ``CheckpointError``.
+    """
+    state = load_checkpoint(path, map_location)
+    config = state["config"]
+    for key, value in (expect or {}).items():
+        if config.get(key) != value:
+            raise CheckpointError(
+                f"checkpoint {path} has {key}={config.get(key)!r}, expected {value!r}: "
+                "it belongs to another model"
+            )
+    try:
+        model = build_network(config)
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path} has a config this version cannot build: {exc}") from exc
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"checkpoint {path}: weights do not fit {config['arch']} with {config['num_classes']} classes "
+            f"({str(exc)[:300]})"
+        ) from exc
+    return model.to(map_location).eval(), config
