@@ -21,6 +21,7 @@ from .errors import (
 from .functional import dcs_conv2d
 from .instrument import instrument
 from .layers import DCSConv2d, DCSConv2dSame
+from .planning import Plan, plan
 from .sampling import dcs_layers, excluding_taps, frozen_taps, sample_taps, using_taps
 from .transform import transform
 
@@ -35,6 +36,7 @@ __all__ = [
     "DCSError",
     "DataError",
     "EvaluationError",
+    "Plan",
     "PolicyError",
     "TapError",
     "bounds",
@@ -43,6 +45,7 @@ __all__ = [
     "excluding_taps",
     "frozen_taps",
     "instrument",
+    "plan",
     "policies",
     "sample_taps",
     "transform",

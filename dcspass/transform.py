@@ -23,6 +23,7 @@ the original did.
 from __future__ import annotations
 
 import copy
+import itertools
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -91,7 +92,8 @@ class Analysis:
     """What the pass found: the (traced) model, its convs and the selection. Input of rewrite and plan.
 
     ``model`` is a ``GraphModule`` when ``traced``, else the module itself (``trace_error`` says why).
-    ``edges`` are the conv-to-conv dataflow edges (conv names, ``"input"``, ``"output"``) when traced.
+    ``kernel_sizes`` holds the DCS kernel size of every selected conv. ``edges`` are the conv-to-conv
+    dataflow edges (conv names, ``"input"``, ``"output"``); untraced, the execution order as a chain.
     """
 
     model: nn.Module
@@ -118,11 +120,11 @@ def analyse(
         error = f"{type(exc).__name__}: {first_line}"
         sites = _sites_from_dry_run(model, example_inputs)
         chosen, refused = select(policy, sites)
-        ks = {s.name: dcs_kernel_size(s, k) for s in sites if s.convertible}
-        return Analysis(model, False, error, sites, chosen, refused, ks, [])
+        ks = {s.name: dcs_kernel_size(s, k) for s in chosen}
+        return Analysis(model, False, error, sites, chosen, refused, ks, _chain(sites))
     sites = _sites_from_graph(gm)
     chosen, refused = select(policy, sites)
-    ks = {s.name: dcs_kernel_size(s, k) for s in sites if s.convertible}
+    ks = {s.name: dcs_kernel_size(s, k) for s in chosen}
     return Analysis(gm, True, "", sites, chosen, refused, ks, _dataflow_edges(gm, sites))
 
 
@@ -485,3 +487,9 @@ def _dataflow_edges(gm: fx.GraphModule, sites: list[ConvSite]) -> list[tuple[str
             sources[node] = upstream
     return sorted(edges)
 
+
+
+def _chain(sites: list[ConvSite]) -> list[tuple[str, str]]:
+    """Without a graph, the best dataflow guess: input -> convs in execution order -> output."""
+    names = ["input", *(s.name for s in sites), "output"]
+    return list(itertools.pairwise(names))

@@ -1,0 +1,207 @@
+"""``plan``: the dry run behind ``transform``; one row per conv, and the convs' dataflow graph.
+
+    >>> p = dcspass.plan(torchvision.models.resnet18(), "downsample")
+    >>> print(p)            # the table: index, name, kernel, stride, DCS?, k, Eq. 12 interval, admissible
+    >>> p.graph             # networkx.DiGraph: conv -> conv through non-conv ops, plus "input"/"output"
+    >>> p.draw("plan.png")  # the graph with the DCS layers highlighted
+
+The CLI prints the same table: ``python -m dcspass.plan torchvision:resnet18 --policy downsample``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import networkx as nx
+from torch import nn
+
+from . import bounds
+from .errors import ConfigError
+from .policies import PolicySpec
+from .transform import analyse, dcs_kernel_size
+
+__all__ = ["Plan", "PlanRow", "plan"]
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One conv of the model and what ``transform`` would do with it.
+
+    ``k``, ``interval`` and ``admissible`` describe the conv as a DCS layer with the plan's n (for
+    every convertible conv, selected or not, so the table shows where Eq. 12 would allow DCS);
+    they are None for non-convertible convs, and for an explicit k below the conv's own kernel.
+    """
+
+    index: int
+    name: str
+    kind: str
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    selected: bool
+    k: int | None
+    interval: tuple[float, float] | None
+    admissible: bool | None
+    convertible: bool
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Plan:
+    """The result of ``plan``: rows in execution order, the selection, and the dataflow graph."""
+
+    rows: list[PlanRow]
+    policy: str
+    n: int
+    eps_c: float
+    eps_l: float
+    traced: bool
+    trace_error: str = ""
+    graph: nx.DiGraph = field(default_factory=nx.DiGraph, repr=False)
+
+    @property
+    def selected(self) -> list[str]:
+        """Qualified names of the convs ``transform`` would replace."""
+        return [r.name for r in self.rows if r.selected]
+
+    @property
+    def admissible(self) -> bool:
+        """Whether every selected conv passes the Eq. 12 check (``transform`` would not raise)."""
+        return all(r.admissible for r in self.rows if r.selected)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able: the settings, the rows and the graph's edges."""
+        return {
+            "policy": self.policy, "n": self.n, "eps_c": self.eps_c, "eps_l": self.eps_l,
+            "traced": self.traced, "trace_error": self.trace_error,
+            "rows": [r.to_dict() for r in self.rows],
+            "edges": [list(e) for e in self.graph.edges],
+        }
+
+    def __str__(self) -> str:
+        how = "traced with torch.fx" if self.traced else f"NOT traced ({self.trace_error}); module swap"
+        header = (f"dcspass plan: policy={self.policy}, n={self.n}, eps_c={self.eps_c}, eps_l={self.eps_l} "
+                  f"({how})")
+        columns = ("index", "name", "kind", "kernel", "stride", "DCS", "k", "Eq.12 interval", "admissible")
+        table = [columns]
+        for r in self.rows:
+            interval = "" if r.interval is None else _format_interval(r.interval)
+            verdict = ("yes" if r.admissible else "no") if r.admissible is not None else ""
+            if not r.convertible:
+                verdict = f"non-convertible: {r.reason}"
+            table.append((
+                str(r.index), r.name, r.kind, f"{r.kernel[0]}x{r.kernel[1]}", _format_pair(r.stride),
+                "DCS" if r.selected else "", "" if r.k is None else str(r.k), interval, verdict,
+            ))
+        widths = [max(len(row[i]) for row in table) for i in range(len(columns) - 1)]
+        lines = [header]
+        for row in table:
+            cells = [row[0].rjust(widths[0])]
+            cells += [c.ljust(w) for c, w in zip(row[1:], widths[1:], strict=False)]
+            lines.append("  ".join([*cells, row[-1]]).rstrip())
+        verdict = "every selected layer is admissible" if self.admissible else (
+            "some selected layer is outside its Eq. 12 interval: transform raises BoundError "
+            "unless check_bounds=False"
+        )
+        lines.append(f"{len(self.selected)} of {len(self.rows)} convs selected; {verdict}.")
+        return "\n".join(lines)
+
+    def draw(self, path: str | None = None, ax: Any = None) -> Any:
+        """Draw the dataflow graph, DCS layers highlighted; save to ``path`` if given. Returns the Figure.
+
+        Convs are laid out left to right by depth (longest path from the input) and labelled with
+        their execution index; the DCS layers are red and named.
+        """
+        import matplotlib
+
+        if ax is None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        g = self.graph
+        depth: dict[str, int] = {}
+        for node in nx.topological_sort(g):
+            depth[node] = max((depth[p] + 1 for p in g.predecessors(node)), default=0)
+        for node in g.nodes:
+            g.nodes[node]["depth"] = depth[node]
+        pos = nx.multipartite_layout(g, subset_key="depth")
+        if ax is None:
+            width = min(max(6.0, 0.35 * (max(depth.values(), default=0) + 1)), 60.0)
+            fig, ax = plt.subplots(figsize=(width, 4.5))
+        else:
+            fig = ax.figure
+        dcs = set(self.selected)
+        colors = ["tab:red" if v in dcs else ("lightgray" if v in ("input", "output") else "tab:blue")
+                  for v in g.nodes]
+        nx.draw_networkx_edges(g, pos, ax=ax, arrowsize=6, width=0.6, edge_color="gray")
+        nx.draw_networkx_nodes(g, pos, ax=ax, node_color=colors, node_size=120)
+        index = {r.name: r.index for r in self.rows}
+        labels = {v: (f"{index[v]}: {v}" if v in dcs else str(index.get(v, v))) for v in g.nodes}
+        nx.draw_networkx_labels(g, pos, labels, ax=ax, font_size=6)
+        ax.set_title(f"{len(dcs)} DCS layers (red), policy={self.policy}, n={self.n}", fontsize=9)
+        ax.set_axis_off()
+        if path is not None:
+            fig.savefig(path, dpi=150, bbox_inches="tight")
+        return fig
+
+
+def plan(
+    model: nn.Module,
+    policy: PolicySpec = "downsample",
+    n: int = 2,
+    k: int | None = None,
+    eps_c: float = bounds.DEFAULT_EPS_C,
+    eps_l: float = bounds.DEFAULT_EPS_L,
+    example_inputs: Any = None,
+) -> Plan:
+    """What ``transform(model, policy, n, k, eps_c=eps_c, eps_l=eps_l)`` would do, without doing it.
+
+    ``model`` is not modified (it is traced, or for an untraceable model run once in eval mode under
+    no_grad to order its convs; ``example_inputs`` as in ``transform``). Raises ``PolicyError`` as
+    ``transform`` does (bad spelling, missing index, nothing selected), and ``ConfigError`` for an
+    explicit k below a selected conv's kernel; an inadmissible n is reported in the rows instead.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"n must be a positive int (taps per forward), got {n!r}")
+    analysis = analyse(model, policy, k, example_inputs)
+    chosen = {s.name for s in analysis.selected}
+    rows = []
+    for site in analysis.sites:
+        k_site = interval = admissible = None
+        if site.convertible:
+            try:
+                k_site = dcs_kernel_size(site, k)
+            except ConfigError:
+                k_site = None
+        if k_site is not None:
+            s = bounds.effective_stride(site.stride)
+            interval = bounds.interval(s, k_site, eps_c, eps_l)
+            admissible = interval[0] <= n <= interval[1] and n <= k_site * k_site
+        rows.append(PlanRow(
+            index=site.index, name=site.name, kind=site.kind, kernel=site.kernel_size, stride=site.stride,
+            selected=site.name in chosen, k=k_site, interval=interval, admissible=admissible,
+            convertible=site.convertible, reason=site.reason,
+        ))
+    graph = nx.DiGraph(traced=analysis.traced)
+    graph.add_node("input")
+    for row in rows:
+        graph.add_node(row.name, index=row.index, dcs=row.selected, kernel=row.kernel, stride=row.stride)
+    graph.add_node("output")
+    graph.add_edges_from(analysis.edges)
+    return Plan(rows, _policy_label(policy), n, eps_c, eps_l, analysis.traced, analysis.trace_error, graph)
+
+
+def _policy_label(policy: PolicySpec) -> str:
+    return repr(policy) if isinstance(policy, str) else getattr(policy, "__name__", repr(policy))
+
+
+def _format_pair(p: tuple[int, int]) -> str:
+    return str(p[0]) if p[0] == p[1] else f"{p[0]}x{p[1]}"
+
+
+def _format_interval(interval: tuple[float, float]) -> str:
+    lower, upper = interval
+    return "empty" if lower > upper else f"[{lower:.3g}, {upper:.3g}]"
