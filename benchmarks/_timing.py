@@ -16,7 +16,11 @@ def time_once(fn: Callable[[], object], reps: int) -> float:
 
 
 def compare(
-    candidates: dict[str, Callable[[], object]], baseline: str, rounds: int = 7, reps: int = 3, warmup: int = 2
+    candidates: dict[str, Callable[[], object]],
+    baseline: str,
+    rounds: int = 7,
+    reps: int = 3,
+    warmup: int = 2,
 ) -> dict[str, dict[str, float]]:
     """Time every candidate once per round, in rotating order, and report medians.
 
@@ -29,13 +33,16 @@ def compare(
     names = list(candidates)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             times[name].append(time_once(candidates[name], reps))
     result = {}
     for name in names:
         ratios = [b / t for b, t in zip(times[baseline], times[name], strict=True)]
-        result[name] = {"median_s": statistics.median(times[name]), f"speedup_vs_{baseline}": statistics.median(ratios)}
+        result[name] = {
+            "median_s": statistics.median(times[name]),
+            f"speedup_vs_{baseline}": statistics.median(ratios),
+        }
     return result
 
 

@@ -91,8 +91,14 @@ def dcs_conv2d(
         validate_taps(taps, k * k)
     unbatched = x.dim() == 3
     out = _op.dcs_conv2d(
-        x.unsqueeze(0) if unbatched else x, weight, bias, taps, list(stride_), list(padding_),
-        list(dilation_), groups,
+        x.unsqueeze(0) if unbatched else x,
+        weight,
+        bias,
+        taps,
+        list(stride_),
+        list(padding_),
+        list(dilation_),
+        groups,
     )
     return out.squeeze(0) if unbatched else out
 

@@ -82,12 +82,20 @@ def _is_depthwise(weight: torch.Tensor, groups: int) -> bool:
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not \
-        x.is_contiguous() else torch.contiguous_format
+    return (
+        torch.channels_last
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        else torch.contiguous_format
+    )
 
 
-def _gather_cols(x: torch.Tensor, windows: list[TapWindow], partial: bool, groups: int, hw_out) -> torch.Tensor:
-    """``cols[g, b, i, j, t, c]`` = input channel ``g*Cg + c`` under tap t at output (i, j); zero in padding."""
+def _gather_cols(
+    x: torch.Tensor, windows: list[TapWindow], partial: bool, groups: int, hw_out
+) -> torch.Tensor:
+    """NHWC-side gather: ``cols[g, b, i, j, t, c]`` = channel ``g*Cg + c`` under tap t at output (i, j).
+
+    Zero where the tap falls in the padding.
+    """
     b, c = x.shape[0], x.shape[1]
     cg = c // groups
     xl = x.permute(0, 2, 3, 1)  # [B, H, W, C] view; contiguous when x is channels_last
@@ -104,7 +112,7 @@ def _gather_cols(x: torch.Tensor, windows: list[TapWindow], partial: bool, group
 
 def _tapped_weight(weight: torch.Tensor, taps: torch.Tensor, groups: int) -> torch.Tensor:
     """``[groups, n*Cg, Og]`` with rows ordered (tap, input channel), matching ``cols``."""
-    c_out, cg, k, _ = weight.shape
+    c_out, cg = weight.shape[:2]
     wt = weight.flatten(2).index_select(2, taps)  # [C_out, Cg, n]
     return wt.view(groups, c_out // groups, cg, -1).permute(0, 3, 2, 1).reshape(groups, -1, c_out // groups)
 
@@ -115,7 +123,10 @@ def _to_format(t_nhwc: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
 
 
 def _gather_cols_nchw(x: torch.Tensor, windows: list[TapWindow], partial: bool, groups: int, hw_out):
-    """``cols[b, g, t, c, i, j]`` = input channel ``g*Cg + c`` under tap t at output (i, j); zero in padding."""
+    """NCHW-side gather: ``cols[b, g, t, c, i, j]`` = channel ``g*Cg + c`` under tap t at output (i, j).
+
+    Zero where the tap falls in the padding.
+    """
     b, c = x.shape[0], x.shape[1]
     alloc = torch.zeros if partial else torch.empty
     cols = alloc((b, groups, len(windows), c // groups, *hw_out), dtype=x.dtype, device=x.device)
@@ -129,8 +140,11 @@ def _gather_cols_nchw(x: torch.Tensor, windows: list[TapWindow], partial: bool, 
 def _batched(weight_groups: torch.Tensor, batch: int) -> torch.Tensor:
     """``[g, R, C]`` -> ``[batch*g, R, C]`` as a stride-0 view (bmm reads it without a copy)."""
     g = weight_groups.shape[0]
-    return weight_groups.unsqueeze(0).expand(batch, -1, -1, -1).reshape(batch * g, *weight_groups.shape[1:]) \
-        if g > 1 else weight_groups.expand(batch, -1, -1)
+    return (
+        weight_groups.unsqueeze(0).expand(batch, -1, -1, -1).reshape(batch * g, *weight_groups.shape[1:])
+        if g > 1
+        else weight_groups.expand(batch, -1, -1)
+    )
 
 
 def dcs_forward(x, weight, bias, taps, stride, padding: Pads, dilation, groups: int) -> torch.Tensor:
@@ -152,7 +166,9 @@ def dcs_forward(x, weight, bias, taps, stride, padding: Pads, dilation, groups: 
     wt = _tapped_weight(weight, taps, groups)  # [g, n*Cg, Og]
     if fmt == torch.contiguous_format:
         # Per image and group: out[Og, HW] = W_taps^T [Og, n*Cg] @ cols [n*Cg, HW]; lands in NCHW.
-        cols = _gather_cols_nchw(x, windows, partial, groups, hw_out).view(b * groups, -1, hw_out[0] * hw_out[1])
+        cols = _gather_cols_nchw(x, windows, partial, groups, hw_out).view(
+            b * groups, -1, hw_out[0] * hw_out[1]
+        )
         out = torch.bmm(_batched(wt.transpose(1, 2), b), cols).view(b, c_out, *hw_out)
         return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
     # channels_last: one GEMM per group over all B*H_out*W_out rows; lands in NHWC.
@@ -183,7 +199,9 @@ def dcs_grad_input(grad_out, x_shape, x_format, weight, taps, stride, padding: P
     hw_out = tuple(grad_out.shape[-2:])
     windows, _ = tap_windows(taps.tolist(), k, (h, w), hw_out, stride, padding, dilation)
     if _is_depthwise(weight, groups):
-        gx = torch.empty(x_shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=x_format).zero_()
+        gx = torch.empty(
+            x_shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=x_format
+        ).zero_()
         wt = weight.flatten(1).index_select(1, taps)
         for win in windows:
             if not win.empty():
@@ -200,7 +218,9 @@ def dcs_grad_input(grad_out, x_shape, x_format, weight, taps, stride, padding: P
         gxg = gx.view(b, groups, cg, h, w)
         for win in windows:
             if not win.empty():
-                gxg[:, :, :, win.in_rows, win.in_cols].add_(gcols[:, :, win.index, :, win.out_rows, win.out_cols])
+                gxg[:, :, :, win.in_rows, win.in_cols].add_(
+                    gcols[:, :, win.index, :, win.out_rows, win.out_cols]
+                )
         return gx
     gcols = torch.bmm(_grad_out_groups(grad_out, groups), wt.transpose(1, 2))  # [g, M, n*Cg]
     gcols = gcols.view(groups, b, *hw_out, n, cg)
@@ -229,7 +249,9 @@ def dcs_grad_weight(grad_out, x, weight_shape, taps, stride, padding: Pads, dila
         return gw.view(weight_shape)
     if _memory_format(x) == torch.contiguous_format:
         # Per image and group [Og, HW] @ [HW, n*Cg], summed over the batch.
-        cols = _gather_cols_nchw(x, windows, partial, groups, hw_out).view(b * groups, -1, hw_out[0] * hw_out[1])
+        cols = _gather_cols_nchw(x, windows, partial, groups, hw_out).view(
+            b * groups, -1, hw_out[0] * hw_out[1]
+        )
         go = grad_out.contiguous().view(b * groups, -1, hw_out[0] * hw_out[1])
         gwt = torch.bmm(go, cols.transpose(1, 2)).view(b, groups, -1, n * cg).sum(0)  # [g, Og, n*Cg]
         gwt = gwt.view(groups, -1, n, cg).permute(0, 1, 3, 2).reshape(c_out, cg, n)

@@ -135,7 +135,9 @@ def _backward(ctx, grad_out):
             grad_out, list(x.shape), _channels_last(x), weight, taps, stride, padding, dilation, groups
         )
     if ctx.needs_input_grad[1]:
-        grad_w = dcs_conv2d_grad_weight(grad_out, x, list(weight.shape), taps, stride, padding, dilation, groups)
+        grad_w = dcs_conv2d_grad_weight(
+            grad_out, x, list(weight.shape), taps, stride, padding, dilation, groups
+        )
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_b = grad_out.sum((0, 2, 3))
     return grad_x, grad_w, grad_b, None, None, None, None, None

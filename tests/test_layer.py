@@ -164,8 +164,13 @@ def test_bad_layer_arguments(kwargs, message):
 
 def test_excluding_too_many_taps_is_an_error_naming_the_layer():
     model = TwoLayers()
-    with pytest.raises(TapError, match=r"excluding_taps\[b\.1\]: excluding 6 of 9 taps leaves 3, fewer than n=4"), \
-            excluding_taps(model, {"b.1": torch.arange(4)}), excluding_taps(model, {"b.1": torch.arange(2, 6)}):
+    with (
+        pytest.raises(
+            TapError, match=r"excluding_taps\[b\.1\]: excluding 6 of 9 taps leaves 3, fewer than n=4"
+        ),
+        excluding_taps(model, {"b.1": torch.arange(4)}),
+        excluding_taps(model, {"b.1": torch.arange(2, 6)}),
+    ):
         pass
     assert model.b[1].excluded_mask is None  # the outer context was unwound
 
@@ -176,8 +181,13 @@ def test_tap_control_errors():
         pass
     with pytest.raises(TapError, match=r"2 DCS layers \(a, b\.1\)"), excluding_taps(model, torch.tensor([0])):
         pass
-    with pytest.raises(TapError, match=r"no DCS layer named \['c'\]"), using_taps(model, {"c": torch.tensor([0])}):
+    with (
+        pytest.raises(TapError, match=r"no DCS layer named \['c'\]"),
+        using_taps(model, {"c": torch.tensor([0])}),
+    ):
         pass
-    with pytest.raises(TapError, match=r"using_taps\[a\]: expected 2 taps"), \
-            using_taps(model, {"a": torch.tensor([0, 1, 2])}):
+    with (
+        pytest.raises(TapError, match=r"using_taps\[a\]: expected 2 taps"),
+        using_taps(model, {"a": torch.tensor([0, 1, 2])}),
+    ):
         pass

@@ -28,8 +28,11 @@ def conv_cases(draw, full: bool):
     stride = draw(st.sampled_from([1, 2, 3, (1, 2)]))
     dilation = draw(st.sampled_from([1, 1, 2, (2, 1)]))
     padding = draw(
-        st.one_of(st.integers(0, 3), st.tuples(st.integers(0, 2), st.integers(0, 2)),
-                  st.tuples(*[st.integers(0, 3)] * 4))
+        st.one_of(
+            st.integers(0, 3),
+            st.tuples(st.integers(0, 2), st.integers(0, 2)),
+            st.tuples(*[st.integers(0, 3)] * 4),
+        )
     )
     pad4 = padding if isinstance(padding, tuple) and len(padding) == 4 else None
     dil = dilation if isinstance(dilation, tuple) else (dilation, dilation)
@@ -45,10 +48,19 @@ def conv_cases(draw, full: bool):
     n = k * k if full else draw(st.integers(1, k * k))
     taps = torch.tensor(draw(st.permutations(range(k * k)))[:n])
     return dict(
-        batch=draw(st.integers(1, 3)), c_in=c_in, c_out=c_out, groups=groups, k=k, stride=stride,
-        dilation=dilation, padding=padding, hw=(h, w), taps=taps,
+        batch=draw(st.integers(1, 3)),
+        c_in=c_in,
+        c_out=c_out,
+        groups=groups,
+        k=k,
+        stride=stride,
+        dilation=dilation,
+        padding=padding,
+        hw=(h, w),
+        taps=taps,
         dtype=draw(st.sampled_from([torch.float32, torch.float64])),
-        channels_last=draw(st.booleans()), bias=draw(st.booleans()),
+        channels_last=draw(st.booleans()),
+        bias=draw(st.booleans()),
     )
 
 
@@ -58,7 +70,9 @@ def _tensors(case, seed=0):
     x = torch.randn(case["batch"], case["c_in"], *case["hw"], generator=g, dtype=dtype)
     if case["channels_last"]:
         x = x.to(memory_format=torch.channels_last)
-    w = torch.randn(case["c_out"], case["c_in"] // case["groups"], case["k"], case["k"], generator=g, dtype=dtype)
+    w = torch.randn(
+        case["c_out"], case["c_in"] // case["groups"], case["k"], case["k"], generator=g, dtype=dtype
+    )
     b = torch.randn(case["c_out"], generator=g, dtype=dtype) if case["bias"] else None
     return x.requires_grad_(), w.requires_grad_(), None if b is None else b.requires_grad_()
 
@@ -124,8 +138,9 @@ def test_unbatched_input():
     x = torch.randn(3, 7, 7)
     w = torch.randn(4, 3, 3, 3)
     taps = torch.tensor([1, 4])
-    torch.testing.assert_close(dcs_conv2d(x, w, None, taps, padding=1),
-                               masked_conv2d(x[None], w, None, taps, padding=1)[0])
+    torch.testing.assert_close(
+        dcs_conv2d(x, w, None, taps, padding=1), masked_conv2d(x[None], w, None, taps, padding=1)[0]
+    )
 
 
 def test_gradcheck_float64():
@@ -190,8 +205,16 @@ def test_bad_taps(taps, message):
 def test_bad_arguments(kwargs, message):
     args = dict(x=torch.randn(1, 2, 8, 8), w=torch.randn(2, 2, 5, 5), b=None, padding=0, stride=1, groups=1)
     args.update(kwargs)
-    call = lambda: dcs_conv2d(args["x"], args["w"], args["b"], torch.tensor([0, 1]), args["stride"],
-                              args["padding"], 1, args["groups"])
+    call = lambda: dcs_conv2d(
+        args["x"],
+        args["w"],
+        args["b"],
+        torch.tensor([0, 1]),
+        args["stride"],
+        args["padding"],
+        1,
+        args["groups"],
+    )
     if message is None:
         call()
         return
