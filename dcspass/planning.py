@@ -129,7 +129,7 @@ class Plan:
             g.nodes[node]["depth"] = depth[node]
         pos = nx.multipartite_layout(g, subset_key="depth")
         if ax is None:
-            width = min(max(6.0, 0.35 * (max(depth.values(), default=0) + 1)), 60.0)
+            width = min(max(6.0, 0.6 * (max(depth.values(), default=0) + 1)), 60.0)
             fig, ax = plt.subplots(figsize=(width, 4.5))
         else:
             fig = ax.figure

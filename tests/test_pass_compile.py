@@ -1,0 +1,73 @@
+"""torch.compile(transform(model), fullgraph=True): no graph breaks, fresh taps per call, tap control."""
+
+from __future__ import annotations
+
+import pytest
+import timm.layers as timm_layers
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dcspass
+
+
+class Tiny(nn.Module):
+    """A residual block, a TF-"SAME" strided conv and an F.conv2d call site: every rewrite the pass does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.skip = nn.Conv2d(8, 8, 1, stride=2)
+        self.same = timm_layers.Conv2dSame(8, 8, 3, stride=2)
+        self.w = nn.Parameter(torch.randn(8, 8, 3, 3) * 0.1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.down(x) + self.skip(x))
+        x = F.conv2d(self.same(x), self.w, None, 2, 1)
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _dcs_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = dcspass.transform(Tiny(), "downsample", n=2)
+    assert sorted(n for n, _ in dcspass.dcs_layers(model)) == ["conv2d", "down", "same"]
+    return model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_transformed_model(backend):
+    model = _dcs_model()
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    x = torch.randn(2, 3, 17, 15)
+    outs = [compiled(x) for _ in range(5)]
+    assert outs[0].shape == (2, 4)
+    assert any(not torch.allclose(outs[0], o) for o in outs[1:]), "taps were baked into the compiled graph"
+    with dcspass.frozen_taps(model):
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+    if backend == "inductor":
+        return  # each tap-control mode and the backward is one more slow compile; aot_eager covers them
+    excluded = {name: torch.arange(layer.num_positions - 2) for name, layer in dcspass.dcs_layers(model)}
+    with dcspass.excluding_taps(model, excluded), dcspass.frozen_taps(model) as taps:
+        assert all(t.tolist() == [23, 24] for t in taps.values())
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+    # Backward through the compiled graph reaches the DCS weights.
+    compiled(x).square().sum().backward()
+    assert model.down.weight.grad is not None and model.conv2d.weight.grad is not None
+
+
+def test_no_graph_breaks():
+    model = _dcs_model()
+    explanation = torch._dynamo.explain(model)(torch.randn(1, 3, 16, 16))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
