@@ -68,10 +68,10 @@ def check(
     lower, upper = interval(s, k, eps_c, eps_l)
     if lower <= n <= upper:
         return
-    where = "empty" if lower > upper else f"[{lower:.4g}, {upper:.4g}]"
+    where = f"empty (lower {lower:.4g} > upper {upper:.4g})" if lower > upper else f"[{lower:.4g}, {upper:.4g}]"
     raise BoundError(
         f"layer {name!r}: n={n} is outside the Eq. 12 interval for stride S={s}, k={k} "
-        f"(eps_c={eps_c}, eps_l={eps_l}): the interval is {where} (lower={lower:.4g}, upper={upper:.4g}). "
+        f"(eps_c={eps_c}, eps_l={eps_l}): the interval is {where}. "
         "Choose an admissible n, another layer (stride > 1), or pass check_bounds=False to run "
         "outside the bound on purpose (ablations such as the paper's Table 5)."
     )
