@@ -68,7 +68,9 @@ def check(
     lower, upper = interval(s, k, eps_c, eps_l)
     if lower <= n <= upper:
         return
-    where = f"empty (lower {lower:.4g} > upper {upper:.4g})" if lower > upper else f"[{lower:.4g}, {upper:.4g}]"
+    where = f"[{lower:.4g}, {upper:.4g}]"
+    if lower > upper:
+        where = f"empty (lower {lower:.4g} > upper {upper:.4g})"
     raise BoundError(
         f"layer {name!r}: n={n} is outside the Eq. 12 interval for stride S={s}, k={k} "
         f"(eps_c={eps_c}, eps_l={eps_l}): the interval is {where}. "
