@@ -264,7 +264,10 @@ def select(policy: PolicySpec, sites: Sequence[ConvSite]) -> tuple[list[ConvSite
     Raises ``PolicyError`` (listing the convs) for a spelling that does not parse, an index that does
     not exist, or a policy that selects no convertible conv.
     """
-    rule = as_policy(policy)
+    try:
+        rule = as_policy(policy)
+    except PolicyError as exc:
+        raise PolicyError(f"{exc}\n{format_sites(sites)}") from None
     rule.validate(sites)
     matched = [s for s in sites if rule.selects(s)]
     chosen = [s for s in matched if s.convertible]
