@@ -1,0 +1,121 @@
+"""The training methods take real steps and learn; GSAT trains on taps the attack did not use."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+import dcspass
+from dcspass.data import FASHION_MNIST_DIR, fashion_mnist_tensors
+from dcspass.training import GSAT, TrainConfig, build_network, make_method, train
+
+pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="needs dataset-fashion-mnist")
+
+
+def _config(method: str, **kw) -> TrainConfig:
+    base = dict(
+        arch="resnet18",
+        in_channels=1,
+        width=4,
+        dataset="fashion_mnist",
+        method=method,
+        policy="index:6" if method == "gsat" else None,
+        n=2,
+        k=5,
+        batch_size=32,
+        lr=0.05,
+        attack_steps=2,
+        eval_steps=2,
+        eval_examples=16,
+        epochs=1,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("method", ["clean", "pgd_at", "gsat"])
+def test_method_takes_real_steps_and_loss_falls(method):
+    torch.manual_seed(0)
+    cfg = _config(method)
+    net = build_network(cfg)
+    strategy = make_method(method, cfg.eps, cfg.alpha, cfg.attack_steps)
+    strategy.bind(net)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    x, y = fashion_mnist_tensors(train=True, limit=32)
+    losses = []
+    net.train()
+    for _ in range(12):
+        loss, logits = strategy.loss(net, x, y)
+        assert logits.shape == (32, 10)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+
+
+def test_gsat_training_taps_never_meet_the_attack_taps():
+    torch.manual_seed(1)
+    cfg = _config("gsat", n=3, check_bounds=False)  # n=3 makes a chance overlap likelier
+    net = build_network(cfg)
+    strategy = GSAT(cfg.eps, cfg.alpha, steps=2)
+    strategy.bind(net)
+    recorded = dcspass.instrument(net)  # shares the layers: its captured_taps are the training taps
+    x, y = fashion_mnist_tensors(train=True, limit=16)
+    seen_attack = set()
+    for _ in range(12):  # without the exclusion, 12 disjoint draws of 3 of 25 taps have p < 0.01
+        strategy.loss(recorded, x, y)
+        attack, training = strategy.last_attack_taps, recorded.captured_taps
+        assert set(attack) == set(training) == {"layer2.0.conv1"}
+        a, t = set(attack["layer2.0.conv1"].tolist()), set(training["layer2.0.conv1"].tolist())
+        assert len(a) == len(t) == 3
+        assert not a & t, (a, t)
+        seen_attack.add(tuple(sorted(a)))
+    assert len(seen_attack) > 1  # a fresh draw per batch, not one fixed set
+
+
+def test_gsat_attack_keeps_one_draw_for_all_pgd_iterations():
+    torch.manual_seed(2)
+    net = build_network(_config("gsat"))
+    strategy = GSAT(steps=3)
+    strategy.bind(net)
+    layer = dict(dcspass.dcs_layers(net))["layer2.0.conv1"]
+    used = []
+    original = layer.forward_with_taps
+
+    def spy(x):
+        y, taps = original(x)
+        used.append(tuple(taps.tolist()))
+        return y, taps
+
+    layer.forward_with_taps = spy
+    x, y = fashion_mnist_tensors(train=True, limit=8)
+    strategy.loss(net, x, y)
+    # Three PGD forwards with the frozen draw, then one training forward with a disjoint draw.
+    assert len(used) == 4
+    assert len(set(used[:3])) == 1
+    assert not set(used[0]) & set(used[3])
+
+
+def test_train_loop_runs_an_epoch_and_logs(capsys, tmp_path):
+    x, y = fashion_mnist_tensors(train=True, limit=64)
+    xe, ye = fashion_mnist_tensors(train=False, limit=16)
+    result = train(
+        _config("gsat", samples_per_epoch=64), TensorDataset(x, y), TensorDataset(xe, ye), tmp_path / "ck.pt"
+    )
+    assert result.completed and (tmp_path / "ck.pt").is_file()
+    (record,) = result.history
+    assert record["epoch"] == 1 and 0 <= record["pgd_acc"] <= 1 and record["seconds"] > 0
+    assert "[gsat] epoch 1/1" in capsys.readouterr().out
+
+
+def test_bad_configs_are_config_errors():
+    with pytest.raises(dcspass.ConfigError, match="8/255"):
+        TrainConfig(eps=8)
+    with pytest.raises(dcspass.ConfigError, match="policy"):
+        TrainConfig(method="gsat", policy=None)
+    with pytest.raises(dcspass.ConfigError, match="method"):
+        TrainConfig(method="trades")
+    with pytest.raises(dcspass.ConfigError, match="gsat"):
+        make_method("trades")
