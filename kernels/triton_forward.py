@@ -78,7 +78,11 @@ def dcs_forward_kernel(
     co = group * C_OUT_G + offs_n
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for t in range(N_TAPS):
+    # One flat loop over (tap, channel block) pairs rather than two nested ones: with n = 2 and a
+    # few channel blocks the inner loop alone is too short for the compiler to pipeline its loads.
+    k_blocks = 1 if DEPTHWISE else tl.cdiv(C_IN_G, BLOCK_K)
+    for step in range(N_TAPS * k_blocks):
+        t = step // k_blocks
         tap = tl.load(taps_ptr + t)
         ky = tap // KSIZE
         kx = tap % KSIZE
@@ -93,18 +97,15 @@ def dcs_forward_kernel(
             wv = tl.load(w_tap + co * sw_o, mask=n_ok, other=0.0)
             acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
         else:
-            for c0 in range(0, C_IN_G, BLOCK_K):
-                ci = c0 + tl.arange(0, BLOCK_K)
-                c_ok = ci < C_IN_G
-                xv = tl.load(
-                    x_rows[:, None] + (group * C_IN_G + ci)[None, :] * sx_c,
-                    mask=row_ok[:, None] & c_ok[None, :], other=0.0,
-                )
-                wv = tl.load(
-                    w_tap + ci[:, None] * sw_i + co[None, :] * sw_o,
-                    mask=c_ok[:, None] & n_ok[None, :], other=0.0,
-                )
-                acc = dot_acc(xv, wv, acc, INPUT_PRECISION, UPCAST_DOT)
+            ci = (step % k_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
+            c_ok = ci < C_IN_G
+            xv = tl.load(
+                x_rows[:, None] + (group * C_IN_G + ci)[None, :] * sx_c,
+                mask=row_ok[:, None] & c_ok[None, :], other=0.0,
+            )
+            wv = tl.load(w_tap + ci[:, None] * sw_i + co[None, :] * sw_o, mask=c_ok[:, None] & n_ok[None, :],
+                         other=0.0)
+            acc = dot_acc(xv, wv, acc, INPUT_PRECISION, UPCAST_DOT)
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + co, mask=n_ok, other=0.0).to(tl.float32)[None, :]

@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -287,26 +286,32 @@ def test_compile_on_cpu_keeps_the_pytorch_path():
     torch.testing.assert_close(torch.autograd.grad(got, x)[0], expected_grad, **FP32)
 
 
-# Traces the three public ops on fake CUDA tensors (no GPU needed) with the real Triton front end.
-_TRACE_SCRIPT = textwrap.dedent("""
-    import json
-    import torch
+# The real Triton compiler without a GPU: a subprocess with TRITON_INTERPRET=0 runs
+# ``_real_compiler_report`` below, which (1) traces the three public ops on fake CUDA tensors the way
+# torch.compile's AOTAutograd does and (2) compiles every kernel variant for an H100 (sm_90) down to a
+# cubin (ptxas runs; nothing is launched).
+
+H100 = ("cuda", 90, 32)  # backend, compute capability, warp size
+
+
+def _traced_kernel_names() -> list[dict]:
     from torch._functorch.aot_autograd import aot_function
     from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from kernels import op
 
     graphs = []
+
     def keep(gm, example_inputs):
-        kernels = []
+        names = []
         for node in gm.graph.nodes:
             if "triton_kernel_wrapper" in str(node.target):
                 kernel = kernel_side_table.get_kernel(node.kwargs["kernel_idx"])
                 while hasattr(kernel, "fn"):  # Autotuner -> JITFunction -> the Python function
                     kernel = kernel.fn
-                kernels.append(kernel.__name__)
-        graphs.append({"code": gm.code, "kernels": kernels})
+                names.append(kernel.__name__)
+        graphs.append({"code": gm.code, "kernels": names})
         return gm
+
     geo = ([2, 2], [2, 2, 2, 2], [1, 1], 2)
     with FakeTensorMode(allow_non_fake_inputs=True):
         x = torch.empty(2, 8, 9, 9, device="cuda").to(memory_format=torch.channels_last)
@@ -318,23 +323,77 @@ _TRACE_SCRIPT = textwrap.dedent("""
             g, w, taps)
         aot_function(lambda g, x, t: op.dcs_conv2d_grad_weight(g, x, list(w.shape), t, *geo), keep)(
             g, x, taps)
-    print(json.dumps(graphs))
-""")
+    return graphs
+
+
+def _compiled_for_h100(autotuned, dtype: str, **constexprs) -> str:
+    """Compile one variant to a cubin; return the tensor-core instruction family used (or "none")."""
+    import re
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    jit = autotuned.fn
+    constexprs = {**autotuned.configs[0].kwargs, **constexprs}
+    signature = {}
+    for name in jit.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = {"taps_ptr": "*i64", "part_ptr": "*fp32"}.get(name, f"*{dtype}")
+        else:
+            signature[name] = "i32"
+    source = ASTSource(fn=jit, signature=signature,
+                       constexprs={(jit.arg_names.index(k),): v for k, v in constexprs.items()})
+    compiled = triton.compile(source, target=GPUTarget(*H100))
+    assert compiled.asm["cubin"], "ptxas produced no cubin"
+    found = re.search(r"\b(wgmma|mma)\.", compiled.asm["ptx"])
+    return found.group(1) if found else "none"
+
+
+def _real_compiler_report() -> None:
+    common = dict(INPUT_PRECISION="ieee", UPCAST_DOT=False)
+    compiled = {
+        "forward bf16": _compiled_for_h100(triton_forward.dcs_forward_kernel, "bf16", HAS_BIAS=True,
+                                           DEPTHWISE=False, **common),
+        "grad_input bf16": _compiled_for_h100(triton_grad_input.dcs_grad_input_kernel, "bf16",
+                                              DEPTHWISE=False, **common),
+        "grad_weight bf16": _compiled_for_h100(triton_grad_weight.dcs_grad_weight_kernel, "bf16",
+                                               DEPTHWISE=False, BLOCK_O=64, BLOCK_I=64, **common),
+        "forward fp16 depthwise": _compiled_for_h100(triton_forward.dcs_forward_kernel, "fp16",
+                                                     HAS_BIAS=False, DEPTHWISE=True, **common),
+    }
+    print(json.dumps({"graphs": _traced_kernel_names(), "compiled": compiled}))
+
+
+@pytest.fixture(scope="module")
+def real_compiler_report() -> dict:
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    root = Path(__file__).resolve().parents[1]
+    code = "from tests.test_triton_kernels import _real_compiler_report; _real_compiler_report()"
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
-def test_traced_graph_on_cuda_holds_the_triton_kernels():
+def test_traced_graph_on_cuda_holds_the_triton_kernels(real_compiler_report):
     """What Inductor receives for CUDA calls: the kernels themselves, not an opaque custom op."""
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-c", _TRACE_SCRIPT], cwd=root, env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    graphs = json.loads(result.stdout.strip().splitlines()[-1])
+    graphs = real_compiler_report["graphs"]
     expected = ["dcs_forward_kernel", "dcs_grad_input_kernel", "dcs_grad_weight_kernel"]
     assert [graph["kernels"] for graph in graphs] == [[name] for name in expected]
     for graph in graphs:
         assert "dcspass." not in graph["code"], graph["code"]  # no opaque custom op left
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_h100_with_tensor_cores(real_compiler_report):
+    compiled = real_compiler_report["compiled"]
+    for name in ("forward bf16", "grad_input bf16", "grad_weight bf16"):
+        assert compiled[name] == "wgmma", f"{name}: expected Hopper tensor-core MMAs, got {compiled[name]}"
+    assert compiled["forward fp16 depthwise"] == "none"  # elementwise by design: no GEMM to feed
 
 
 # On a real GPU, with the real compiler.
