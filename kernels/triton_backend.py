@@ -190,10 +190,15 @@ def _grad_weight_qualifies(grad_out, x, weight_size, taps, stride, padding, dila
 
 
 def _decompose_into(triton_version, qualifies):
-    """A ``FunctionalTensorMode`` rule: run ``triton_version`` (traced into kernels) or keep the op."""
+    """A ``FunctionalTensorMode`` rule: run ``triton_version`` (traced into kernels) or keep the op.
+
+    ``torch.export`` keeps the public op, as it keeps every ``triton_op``: an exported program stays
+    at the level of ``dcspass::dcs_conv2d`` rather than holding one backend's kernels.
+    """
+    from torch.export._trace import custom_triton_ops_decomposition_disabled
 
     def rule(mode, func, types, args, kwargs):
-        if kwargs or not qualifies(*args):
+        if kwargs or custom_triton_ops_decomposition_disabled() or not qualifies(*args):
             return mode.__torch_dispatch__(func, types, args, kwargs)
         with mode:
             return triton_version(*args)
