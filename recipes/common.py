@@ -30,7 +30,7 @@ from dcspass.training.distributed import barrier, init_distributed
 
 __all__ = ["Placement", "RecipeSpec", "build_parser", "evaluate_pair", "main", "run"]
 
-# Quick PGD-20 evaluation sizes per --budget, used when dcspass.evaluate is unavailable.
+# Test images in the clean + PGD-20 table, per --budget.
 QUICK_EXAMPLES = {"smoke": 64, "default": 1000, "full": 10_000}
 
 
@@ -90,6 +90,11 @@ def build_parser(spec: RecipeSpec) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="data-loader worker processes")
     p.add_argument(
         "--budget", default="default", choices=["smoke", "default", "full"], help="evaluation budget"
+    )
+    p.add_argument(
+        "--quick-eval",
+        action="store_true",
+        help="only the clean + PGD-20 table, not dcspass.evaluate's protocols",
     )
     return p
 

@@ -1,0 +1,119 @@
+"""Recipes: a smoke run end to end, the paper placement's bound message, each recipe's networks, bad flags."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import dcspass
+from dcspass.data import FASHION_MNIST_DIR
+from dcspass.training import build_network
+from recipes import common, paper_rn18, paper_rn50, paper_vit, paper_wrn34
+
+needs_fmnist = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="needs dataset-fashion-mnist")
+
+SMOKE = [
+    "--epochs",
+    "1",
+    "--samples-per-epoch",
+    "64",
+    "--eval-examples",
+    "16",
+    "--batch-size",
+    "32",
+    "--width",
+    "4",
+    "--budget",
+    "smoke",
+    "--quick-eval",
+    "--seed",
+    "1",
+]
+
+
+@needs_fmnist
+def test_smoke_run_writes_results(tmp_path, capsys):
+    assert common.main(paper_rn18.SPEC, [*SMOKE, "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["recipe"] == "paper_rn18" and results["embedded"] is True
+    assert results["runs"]["dcs"]["config"]["policy"] == "index:6"
+    assert results["runs"]["dcs"]["config"]["method"] == "gsat"
+    assert results["runs"]["at"]["config"]["policy"] is None
+    for key in ("at", "dcs"):
+        quick = results["evaluation"]["quick"][key]
+        assert 0 <= quick["pgd20_acc"] <= quick["clean_acc"] + 0.25 and quick["examples"] == 64
+        assert results["runs"][key]["epochs_done"] == 1
+    assert "| DCS + GSAT |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert {"pgd_at.pt", "gsat.pt"} <= {p.name for p in tmp_path.iterdir()}
+    out = capsys.readouterr().out
+    assert "admits n=2" in out and "[gsat] epoch 1/1" in out
+
+
+def _args(spec, *argv):
+    return common.build_parser(spec).parse_args(list(argv))
+
+
+def test_paper_placement_is_rejected_by_eq12_and_runs_unchecked():
+    args = _args(paper_rn18.SPEC, "--placement", "paper")
+    message = common._placement_message(paper_rn18.SPEC, "paper", 2, 5)
+    assert "layer1.0.conv1" in message and "REJECTS" in message and "check_bounds=False" in message
+    _, dcs_cfg = common._configs(args, paper_rn18.SPEC, "fashion_mnist")
+    assert dcs_cfg.check_bounds is False and dcs_cfg.policy == "index:2"
+    net = build_network(dcs_cfg)
+    assert [n for n, _ in dcspass.dcs_layers(net)] == ["layer1.0.conv1"]
+    with pytest.raises(dcspass.BoundError, match=r"layer1\.0\.conv1"):
+        build_network({**dcs_cfg.to_dict(), "check_bounds": True})
+
+
+@pytest.mark.parametrize(
+    ("spec", "layer"),
+    [
+        (paper_rn18.SPEC, "layer2.0.conv1"),
+        (paper_wrn34.SPEC, "block2.layer.0.conv1"),
+        (paper_rn50.SPEC, "layer2.0.conv2"),
+        (paper_vit.SPEC, "stem.1.conv"),
+    ],
+)
+def test_every_recipe_builds_its_embedded_networks(spec, layer):
+    base, dcs = common._configs(_args(spec), spec, "fashion_mnist")
+    assert base.method == "pgd_at" and dcs.method == "gsat" and base.in_channels == 1
+    net = build_network(dcs).eval()
+    assert [n for n, _ in dcspass.dcs_layers(net)] == [layer]
+    assert net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_paper_scale_configs_follow_the_paper():
+    args = _args(paper_rn18.SPEC, "--data-dir", "/data")
+    base, _ = common._configs(args, paper_rn18.SPEC, "cifar10")
+    assert (base.epochs, base.batch_size, base.lr, base.weight_decay, base.milestones) == (
+        200,
+        128,
+        0.1,
+        5e-4,
+        [60, 120],
+    )
+    assert (base.attack_steps, base.eps, base.alpha) == (7, 8 / 255, 2 / 255)
+    rn50, _ = common._configs(_args(paper_rn50.SPEC, "--data-dir", "/d"), paper_rn50.SPEC, "imagenet")
+    assert (rn50.attack_steps, rn50.eps, rn50.alpha, rn50.schedule, rn50.num_classes) == (
+        10,
+        4 / 255,
+        4 / 255,
+        "cosine",
+        1000,
+    )
+
+
+def test_bad_flags_and_data_dirs_give_clear_errors(tmp_path, capsys):
+    with pytest.raises(dcspass.ConfigError, match="--epochs must be >= 1"):
+        common.run(paper_rn18.SPEC, ["--epochs", "0"])
+    with pytest.raises(dcspass.ConfigError, match="needs --data-dir"):
+        common.run(paper_rn18.SPEC, ["--dataset", "cifar10"])
+    assert common.main(paper_rn18.SPEC, ["--data-dir", str(tmp_path), "--dataset", "cifar10"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "cifar-10-batches-py" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_info:
+        common.run(paper_rn18.SPEC, ["--placement", "everywhere"])
+    assert exit_info.value.code == 2
