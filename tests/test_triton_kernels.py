@@ -163,6 +163,28 @@ def test_low_precision_accumulates_in_fp32(name, dtype):
         assert error <= LOW_PRECISION[dtype] * ref.abs().max().item(), f"{name_}: max error {error}"
 
 
+MANY_BLOCK_CASES = {
+    # 80 input and 72 output channels: several channel blocks and output-channel tiles in every kernel
+    # (the hypothesis shapes fit in one block), and two grad-weight tiles each way.
+    "dense": dict(batch=2, c_in=80, c_out=72, groups=1, k=5, stride=(2, 2), padding=(2, 2, 2, 2),
+                  dilation=(1, 1), hw=(7, 6), taps=torch.tensor([24, 0, 12]), channels_last=True, bias=True),
+    "depthwise": dict(batch=2, c_in=40, c_out=40, groups=40, k=3, stride=(1, 1), padding=(1, 1, 1, 1),
+                      dilation=(1, 1), hw=(5, 6), taps=torch.tensor([1, 7]), channels_last=False, bias=True),
+}
+
+
+@interpreter
+@pytest.mark.parametrize("name", list(MANY_BLOCK_CASES))
+def test_many_channel_blocks(name):
+    case = MANY_BLOCK_CASES[name]
+    x, w, b, taps = _tensors(case)
+    out_shape = cpu.dcs_forward(x, w, b, taps, *_geometry(case)).shape
+    grad_out = torch.randn(out_shape, generator=torch.Generator().manual_seed(1))
+    got = _triton_all(case, x, w, b, taps, grad_out)
+    for mine, ref in zip(got, _cpu_all(case, x, w, b, taps, grad_out), strict=True):
+        torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-4)
+
+
 # The backend: routing, fallbacks, the triton_ops, the compile hook.
 
 
@@ -430,16 +452,28 @@ def test_gpu_kernels_match_pytorch_path(case, dtype, monkeypatch):
 @pytest.mark.gpu
 @needs_gpu
 def test_gpu_compiled_graph_runs_the_kernels():
+    """Inductor's generated code (forward and backward) launches the three kernels itself."""
     from torch._inductor.utils import run_and_get_code
 
     case = GPU_CASES[0]
     x, w, _, taps = _tensors(case, torch.bfloat16, "cuda")
     x.requires_grad_()
+    w.requires_grad_()
 
     def loss(x, w, taps):
         return dcs_conv2d(x, w, None, taps, case["stride"], case["padding"]).float().square().sum()
 
-    got, codes = run_and_get_code(torch.compile(loss), x, w, taps)
+    compiled = torch.compile(loss)
+
+    def forward_backward():
+        value = compiled(x, w, taps)
+        return value, torch.autograd.grad(value, (x, w))
+
+    (value, grads), codes = run_and_get_code(forward_backward)
     code = "\n".join(codes)
-    assert "dcs_forward_kernel" in code
-    torch.testing.assert_close(got, loss(x, w, taps), rtol=1e-2, atol=0)
+    for kernel in ("dcs_forward_kernel", "dcs_grad_input_kernel", "dcs_grad_weight_kernel"):
+        assert kernel in code, kernel
+    expected = loss(x, w, taps)
+    torch.testing.assert_close(value, expected, rtol=1e-2, atol=0)
+    for mine, ref in zip(grads, torch.autograd.grad(expected, (x, w)), strict=True):
+        assert (mine.float() - ref.float()).abs().max() <= 1e-2 * ref.float().abs().max()
