@@ -8,6 +8,7 @@ The data path, in the order a model travels it:
 from __future__ import annotations
 
 from . import bounds, policies
+from .data import load_dataset
 from .errors import (
     BoundError,
     CheckpointError,
@@ -21,6 +22,7 @@ from .errors import (
 from .functional import dcs_conv2d
 from .instrument import instrument
 from .layers import DCSConv2d, DCSConv2dSame
+from .models import build_model
 from .planning import Plan, plan
 from .sampling import dcs_layers, excluding_taps, frozen_taps, sample_taps, using_taps
 from .transform import transform
@@ -40,11 +42,13 @@ __all__ = [
     "PolicyError",
     "TapError",
     "bounds",
+    "build_model",
     "dcs_conv2d",
     "dcs_layers",
     "excluding_taps",
     "frozen_taps",
     "instrument",
+    "load_dataset",
     "plan",
     "policies",
     "sample_taps",
