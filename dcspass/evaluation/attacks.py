@@ -1,0 +1,184 @@
+"""Attacks, as batched functions ``attack(x, y) -> x_adv`` built on torchattacks.
+
+The attacks themselves are torchattacks'; what is ours is the model they see:
+
+- ``ExpectedModel``: ``log E[softmax]`` over M tap draws computed in one batched run (``DrawRunner``),
+  so any torchattacks attack becomes its EOT version (the gradient of ``-log E[p_y]`` averages the
+  draws' gradients, weighted by their probability), and Square's accept/early-stop decisions are made
+  on the average of M forwards, never on one lucky draw. With ``tap_sets`` = every tap set of the
+  layer it is the exact expectation, with no sampling noise.
+- the paper protocol's attacks run on the model itself inside ``frozen_taps`` (one draw for all
+  iterations); see ``protocols``.
+
+DeepFool is reimplemented batched (torchattacks' loops over images one by one in Python); its update
+is torchattacks' (L2, ``x <- x + (1 + overshoot) * |f_l| w_l / ||w_l||^2`` towards the nearest class).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torchattacks
+from torch import nn
+
+from .draws import DrawRunner, TapSets, log_expected_probs
+
+__all__ = [
+    "AttackFn",
+    "ExpectedModel",
+    "apgd",
+    "autoattack_paper",
+    "deepfool",
+    "pgd",
+    "square",
+    "torchattacks_attack",
+]
+
+AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class ExpectedModel(nn.Module):
+    """The expected classifier ``x -> log E_taps[softmax(model(x))]``, ``[B, classes]``.
+
+    Args:
+        model: the DCS model (a submodule here, so torchattacks finds its device and mode).
+        runner: the ``DrawRunner`` of ``model``.
+        draws: fresh draws per forward (EOT samples), or
+        tap_sets: ``[M, n]`` tap sets of the first DCS layer to average over at every forward (exact).
+    """
+
+    def __init__(
+        self, model: nn.Module, runner: DrawRunner, draws: int = 1, tap_sets: torch.Tensor | None = None
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.runner = runner
+        self.draws = draws
+        self.tap_sets = tap_sets
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sets = TapSets.given(self.tap_sets) if self.tap_sets is not None else TapSets.sample(self.draws)
+        return log_expected_probs(self.runner, x, sets)
+
+
+def pgd(
+    model: nn.Module, eps: float, steps: int, alpha: float | None = None, random_start: bool = True
+) -> AttackFn:
+    """L_inf PGD (torchattacks) with step ``alpha`` (default eps/4, i.e. 2/255 at 8/255)."""
+    return torchattacks_attack(
+        torchattacks.PGD(model, eps=eps, alpha=alpha or eps / 4, steps=steps, random_start=random_start)
+    )
+
+
+def apgd(model: nn.Module, eps: float, steps: int, loss: str, seed: int) -> AttackFn:
+    """APGD (torchattacks) at ``steps`` iterations; returns the highest-loss point of every example.
+
+    ``perturb(best_loss=True)`` keeps per example the point of highest loss, instead of the clean
+    input for examples the attack's own forward still judged robust: the final verdict is ours
+    (scored on K fresh draws), not one forward's.
+    """
+    attack = torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, seed=seed, loss=loss)
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        was_training = model.training
+        model.eval()
+        try:
+            _, adv = attack.perturb(x.clone(), y.clone(), best_loss=True)
+        finally:
+            model.train(was_training)
+        return adv.detach()
+
+    return run
+
+
+def square(model: nn.Module, eps: float, queries: int, seed: int) -> AttackFn:
+    """Square attack (torchattacks, margin loss, gradient-free)."""
+    return torchattacks_attack(
+        torchattacks.Square(
+            model, norm="Linf", eps=eps, n_queries=queries, n_restarts=1, loss="margin", seed=seed
+        )
+    )
+
+
+def autoattack_paper(
+    model: nn.Module, eps: float, n_classes: int, seed: int, mode: str, steps: int, targets: int
+) -> AttackFn:
+    """The paper protocol's AutoAttack: torchattacks' ``standard`` as shipped, or APGD-CE + APGD-T.
+
+    ``mode="standard"``: ``torchattacks.AutoAttack(version="standard")`` (APGD-CE, APGD-T, FAB-T,
+    Square-5000), the tool the paper used. ``mode="apgd"``: its two APGD attacks at ``steps``
+    iterations, APGD-T over the ``targets`` most likely wrong classes, for reduced budgets. Under
+    ``frozen_taps`` the model is deterministic, so the ensemble's single-forward robustness judgement
+    is exact here.
+    """
+    if mode == "standard":
+        return torchattacks_attack(
+            torchattacks.AutoAttack(
+                model, norm="Linf", eps=eps, version="standard", n_classes=n_classes, seed=seed
+            )
+        )
+    targeted = torchattacks.APGDT(model, eps=eps, steps=steps, seed=seed, n_classes=n_classes)
+    targeted.n_target_classes = min(targets, n_classes - 1)
+    return torchattacks_attack(
+        torchattacks.MultiAttack(
+            [torchattacks.APGD(model, eps=eps, steps=steps, seed=seed, loss="ce"), targeted]
+        )
+    )
+
+
+def torchattacks_attack(attack: torchattacks.attack.Attack) -> AttackFn:
+    """A torchattacks attack as ``(x, y) -> x_adv`` (detached)."""
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return attack(x, y).detach()
+
+    return run
+
+
+def deepfool(model: nn.Module, steps: int, overshoot: float = 0.02) -> AttackFn:
+    """Batched DeepFool (L2), torchattacks' update; an example stops once the model misclassifies it.
+
+    One forward and ``classes`` backward passes per step for the whole batch (the Jacobian rows are
+    gradients of the batch-summed logits, exact because examples do not interact in eval mode).
+    """
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x_adv = x.clone().detach()
+        active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        was_training = model.training
+        model.eval()
+        try:
+            for _ in range(steps):
+                idx = active.nonzero().squeeze(1)
+                if idx.numel() == 0:
+                    break
+                xa = x_adv[idx].clone().requires_grad_(True)
+                logits = model(xa)
+                label = y[idx]
+                still = logits.argmax(1) == label
+                rows = torch.arange(idx.numel(), device=x.device)
+                jac = torch.stack(
+                    [
+                        torch.autograd.grad(logits[:, c].sum(), xa, retain_graph=c + 1 < logits.shape[1])[0]
+                        for c in range(logits.shape[1])
+                    ],
+                    1,
+                )  # [b, classes, C, H, W]
+                f = (logits - logits[rows, label].unsqueeze(1)).detach()
+                w = jac - jac[rows, label].unsqueeze(1)
+                norm = w.flatten(2).norm(dim=2).clamp_min(1e-12)
+                distance = f.abs() / norm
+                distance[rows, label] = float("inf")
+                nearest = distance.argmin(1)
+                step = (f[rows, nearest].abs() / norm[rows, nearest] ** 2).view(-1, 1, 1, 1) * w[
+                    rows, nearest
+                ]
+                moved = (xa.detach() + (1 + overshoot) * step).clamp(0, 1)
+                x_adv[idx[still]] = moved[still]
+                active[idx[~still]] = False
+        finally:
+            model.train(was_training)
+        return x_adv.detach()
+
+    return run

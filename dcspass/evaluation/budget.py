@@ -1,0 +1,162 @@
+"""Evaluation budgets: ``"full"`` (the reference settings), ``"default"`` (CPU scale), ``"smoke"`` (tests).
+
+A budget fixes how many images are attacked and how hard. Every number in a report is printed with
+the name of the budget that produced it, so a reduced run is never mistaken for the reference one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..errors import EvaluationError
+
+__all__ = ["BUDGETS", "Budget", "get_budget"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work each attack and analysis gets. Step sizes follow eps (alpha = eps/4 = 2/255 at 8/255).
+
+    Attributes:
+        name: ``"full" | "default" | "smoke"`` (or a custom label).
+        examples: test images evaluated (the first ones of the loader).
+        batch_size: images per attack batch.
+        repeats: paper-protocol repeats (different seeds), mean +- std over them.
+        pgd_steps, mifgsm_steps, cw_steps, deepfool_steps, eotpgd_steps, eotpgd_samples: paper protocol.
+        autoattack: ``"standard"`` = torchattacks' AutoAttack as shipped (the paper's tool);
+            ``"apgd"`` = APGD-CE + APGD-T at ``apgd_steps`` (cheaper, labelled as such).
+        eot_steps, eot_samples: adaptive EOT-PGD.
+        apgdt_targets: target classes of APGD-T in the reduced paper AutoAttack.
+        apgd_steps, apgd_eot: adaptive AutoAttack ``rand`` (APGD-CE + APGD-DLR with EOT).
+        exact_steps, exact_max_sets, exact_examples: exact-expectation PGD on the first
+            ``exact_examples`` images; tap spaces above ``exact_max_sets`` are sampled.
+        known_steps, transfer_steps: known-taps and transfer PGD.
+        square_queries, square_eot: Square with EOT.
+        score_draws: K, fresh draws each adversarial example is scored on.
+        sweep_steps, sweep_eps, sweep_eot, sweep_examples: accuracy-vs-attack-strength curves (Fig. 3).
+        cosine_examples, cosine_pairs: gradient cosine-similarity analysis (Fig. 4).
+    """
+
+    name: str
+    examples: int
+    batch_size: int
+    repeats: int
+    pgd_steps: int = 20
+    mifgsm_steps: int = 5
+    cw_steps: int = 50
+    deepfool_steps: int = 50
+    eotpgd_steps: int = 20
+    eotpgd_samples: int = 10
+    autoattack: str = "standard"
+    apgdt_targets: int = 9
+    apgd_steps: int = 100
+    eot_steps: int = 100
+    eot_samples: int = 20
+    apgd_eot: int = 20
+    exact_steps: int = 100
+    exact_max_sets: int = 1000
+    exact_examples: int = 1000
+    known_steps: int = 100
+    transfer_steps: int = 100
+    square_queries: int = 5000
+    square_eot: int = 20
+    score_draws: int = 20
+    sweep_steps: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
+    sweep_eps: tuple[float, ...] = (2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255)
+    sweep_eot: tuple[int, ...] = (1, 2, 5, 10, 20)
+    sweep_examples: int = 1000
+    cosine_examples: int = 1000
+    cosine_pairs: int = 4
+
+    def describe(self) -> str:
+        """One line naming the budget and its main settings (printed beside every number)."""
+        return (
+            f"budget={self.name}: {self.examples} images, paper x{self.repeats} repeats, "
+            f"EOT-PGD {self.eot_steps} steps x {self.eot_samples} draws, APGD {self.apgd_steps} it. "
+            f"EOT {self.apgd_eot}, K={self.score_draws} scoring draws"
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+BUDGETS: dict[str, Budget] = {
+    # The issue's reference settings.
+    "full": Budget(name="full", examples=1000, batch_size=100, repeats=10),
+    # CPU scale: both protocols for one narrow ResNet-18 on Fashion-MNIST in about 90 s on 2 cores.
+    "default": Budget(
+        name="default",
+        examples=32,
+        batch_size=32,
+        repeats=2,
+        pgd_steps=10,
+        mifgsm_steps=5,
+        cw_steps=5,
+        deepfool_steps=3,
+        eotpgd_steps=3,
+        eotpgd_samples=2,
+        autoattack="apgd",
+        apgdt_targets=1,
+        apgd_steps=5,
+        eot_steps=10,
+        eot_samples=8,
+        apgd_eot=4,
+        exact_steps=1,
+        exact_max_sets=300,
+        exact_examples=4,
+        known_steps=10,
+        transfer_steps=10,
+        square_queries=20,
+        square_eot=2,
+        score_draws=8,
+        sweep_steps=(1, 10),
+        sweep_eps=(8 / 255, 32 / 255),
+        sweep_eot=(1, 8),
+        sweep_examples=16,
+        cosine_examples=16,
+        cosine_pairs=1,
+    ),
+    # Tests: seconds on a tiny model.
+    "smoke": Budget(
+        name="smoke",
+        examples=8,
+        batch_size=8,
+        repeats=2,
+        pgd_steps=3,
+        mifgsm_steps=2,
+        cw_steps=2,
+        deepfool_steps=2,
+        eotpgd_steps=2,
+        eotpgd_samples=2,
+        autoattack="apgd",
+        apgdt_targets=1,
+        apgd_steps=2,
+        eot_steps=3,
+        eot_samples=4,
+        apgd_eot=2,
+        exact_steps=1,
+        exact_max_sets=300,
+        exact_examples=4,
+        known_steps=3,
+        transfer_steps=3,
+        square_queries=10,
+        square_eot=2,
+        score_draws=4,
+        sweep_steps=(1, 3),
+        sweep_eps=(8 / 255, 32 / 255),
+        sweep_eot=(1, 2),
+        sweep_examples=8,
+        cosine_examples=8,
+        cosine_pairs=1,
+    ),
+}
+
+
+def get_budget(budget: str | Budget) -> Budget:
+    """Look a budget up by name (``"smoke" | "default" | "full"``) or pass a ``Budget`` through."""
+    if isinstance(budget, Budget):
+        return budget
+    if budget not in BUDGETS:
+        raise EvaluationError(f"budget must be one of {sorted(BUDGETS)} or a Budget, got {budget!r}")
+    return BUDGETS[budget]

@@ -1,0 +1,167 @@
+"""Sanity checks of an evaluation, each a verdict (pass / fail / skipped) with the numbers behind it.
+
+They are the warning lights of gradient masking and broken attacks (Athalye et al. 2018, Carlini et
+al. 2019): accuracy must fall towards 0 as eps grows; more steps or EOT samples must not raise it
+beyond noise; a gradient-free attack must not beat the gradient-based ones by a wide margin; the taps
+must really change between forwards; no NaN or inf anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..sampling import dcs_layers
+from .protocols import EvalContext, ProtocolResult
+from .scoring import binomial_noise
+
+__all__ = [
+    "GRADIENT_FREE_MARGIN",
+    "LARGE_EPS_MAX_ACCURACY",
+    "SanityCheck",
+    "check_eps_to_zero",
+    "check_finite",
+    "check_gradient_free",
+    "check_monotone",
+    "check_taps_change",
+]
+
+# Accuracy allowed at eps >= 32/255 (on the [0, 1] scale): "towards 0", with room for a few examples.
+LARGE_EPS_MAX_ACCURACY = 0.10
+# How far a gradient-free attack may beat the best gradient-based one before it signals masking.
+GRADIENT_FREE_MARGIN = 0.10
+
+
+@dataclass
+class SanityCheck:
+    """One check: ``passed`` is True / False, or None when it could not run (``detail`` says why)."""
+
+    name: str
+    passed: bool | None
+    detail: str
+    numbers: dict = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        return {True: "pass", False: "FAIL", None: "skipped"}[self.passed]
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "passed": self.passed,
+            "verdict": self.verdict,
+            "detail": self.detail,
+            "numbers": self.numbers,
+        }
+
+
+def check_eps_to_zero(curves: dict | None) -> SanityCheck:
+    """Adaptive accuracy at the largest eps of the sweep (>= 32/255) is near 0, and falls with eps."""
+    name = "accuracy falls towards 0 as eps grows"
+    if not curves or "eps" not in curves:
+        return SanityCheck(name, None, "no eps sweep was run")
+    eps, acc = curves["eps"]["values"], curves["eps"]["adaptive"]
+    n = curves["eps"]["examples"]
+    if max(eps) < 32 - 1e-6:
+        return SanityCheck(
+            name,
+            None,
+            f"the eps sweep stops at {max(eps):.1f}/255, below 32/255",
+            {"eps": eps, "accuracy": acc},
+        )
+    last = acc[eps.index(max(eps))]
+    rises = [
+        (eps[i], eps[i + 1]) for i in range(len(acc) - 1) if acc[i + 1] > acc[i] + binomial_noise(acc[i], n)
+    ]
+    ok = last <= LARGE_EPS_MAX_ACCURACY + binomial_noise(LARGE_EPS_MAX_ACCURACY, n) and not rises
+    detail = f"accuracy {last:.3f} at eps {max(eps):.0f}/255 (limit {LARGE_EPS_MAX_ACCURACY:.2f} + noise)"
+    if rises:
+        detail += f"; rises beyond noise between eps {rises}"
+    return SanityCheck(name, ok, detail, {"eps_255": eps, "accuracy": acc, "examples": n})
+
+
+def check_monotone(curves: dict | None, key: str, what: str) -> SanityCheck:
+    """Along a sweep, accuracy never rises beyond binomial noise as the attack gets stronger."""
+    name = f"more {what} never raise accuracy"
+    if not curves or key not in curves:
+        return SanityCheck(name, None, f"no {what} sweep was run")
+    values, n = curves[key]["values"], curves[key]["examples"]
+    bad = []
+    for protocol in ("adaptive", "paper"):
+        acc = curves[key][protocol]
+        for i in range(len(acc) - 1):
+            if acc[i + 1] > acc[i] + binomial_noise(acc[i], n):
+                bad.append(f"{protocol}: {acc[i]:.3f} -> {acc[i + 1]:.3f} at {values[i]} -> {values[i + 1]}")
+    detail = "; ".join(bad) if bad else f"non-increasing within noise over {values} ({n} images)"
+    return SanityCheck(
+        name,
+        not bad,
+        detail,
+        {"values": values, "adaptive": curves[key]["adaptive"], "paper": curves[key]["paper"]},
+    )
+
+
+def check_gradient_free(adaptive: ProtocolResult | None) -> SanityCheck:
+    """Square (EOT) must not beat the best gradient-based attack by more than the margin + noise."""
+    name = "gradient-free does not beat gradient-based"
+    if adaptive is None or "Square (EOT)" not in adaptive.accuracies:
+        return SanityCheck(name, None, "the adaptive protocol was not run")
+    acc = adaptive.accuracies
+    gradient_based = {
+        k: acc[k].mean
+        for k in ("EOT-PGD", "APGD-CE (EOT)", "APGD-DLR (EOT)", "exact expectation")
+        if k in acc
+    }
+    best_name = min(gradient_based, key=gradient_based.get)
+    best, free = gradient_based[best_name], acc["Square (EOT)"].mean
+    limit = GRADIENT_FREE_MARGIN + binomial_noise(best, acc["Square (EOT)"].examples)
+    ok = free >= best - limit
+    detail = (
+        f"Square (EOT) {free:.3f} vs best gradient-based {best_name} {best:.3f} "
+        f"(fails below {best - limit:.3f}: a sign of gradient masking)"
+    )
+    return SanityCheck(name, ok, detail, {"square": free, "gradient_based": gradient_based, "margin": limit})
+
+
+def check_taps_change(ctx: EvalContext, x: torch.Tensor, forwards: int = 10) -> SanityCheck:
+    """Every DCS layer uses more than one tap set over ``forwards`` forwards, and the logits differ."""
+    name = "taps change between forwards"
+    layers = list(dcs_layers(ctx.model))
+    if not layers:
+        return SanityCheck(name, None, "the model has no DCS layer: it is deterministic")
+    seen: dict[str, set] = {n: set() for n, _ in layers}
+    originals = {}
+    for lname, layer in layers:
+        originals[lname] = layer.draw_taps
+
+        def recording(layer=layer, lname=lname, draw=layer.draw_taps):
+            taps = draw()
+            seen[lname].add(tuple(taps.tolist()))
+            return taps
+
+        layer.draw_taps = recording  # instance attribute shadows the method for this check only
+    try:
+        with torch.no_grad():
+            outs = [ctx.model(x[:4]) for _ in range(forwards)]
+    finally:
+        for _, layer in layers:
+            del layer.draw_taps
+    distinct = {k: len(v) for k, v in seen.items()}
+    differ = any(not torch.equal(outs[0], o) for o in outs[1:])
+    ok = all(v > 1 for v in distinct.values()) and differ
+    detail = (
+        f"distinct tap sets over {forwards} forwards: {distinct}; logits differ between forwards: {differ}"
+    )
+    return SanityCheck(name, ok, detail, {"distinct_tap_sets": distinct, "logits_differ": differ})
+
+
+def check_finite(ctx: EvalContext) -> SanityCheck:
+    """No NaN or inf in any adversarial input or any logit scored."""
+    ok = ctx.nonfinite == 0
+    return SanityCheck(
+        "no NaN/inf",
+        ok,
+        f"{ctx.nonfinite} non-finite values in adversarial inputs and logits",
+        {"nonfinite": ctx.nonfinite},
+    )
