@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -348,44 +349,95 @@ def _traced_kernel_names() -> list[dict]:
     return graphs
 
 
-def _compiled_for_h100(autotuned, dtype: str, **constexprs) -> str:
-    """Compile one variant to a cubin; return the tensor-core instruction family used (or "none")."""
+POINTER_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int64: "i64",
+                 torch.int32: "i32"}
+
+
+def _captured_launches(launch) -> list[tuple]:
+    """Run launchers on meta tensors with ``wrap_triton`` replaced by a recorder of its launches,
+    ``(kernel, args, kwargs)``: the exact arguments a real launch would pass."""
+    launches = []
+
+    class Recorder:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append((self.kernel, args, kwargs))
+
+    modules = (triton_forward, triton_grad_input, triton_grad_weight)
+    originals = [module.wrap_triton for module in modules]
+    for module in modules:
+        module.wrap_triton = Recorder
+    try:
+        launch()
+    finally:
+        for module, original in zip(modules, originals, strict=True):
+            module.wrap_triton = original
+    return launches
+
+
+def _compiled_like_a_launch(kernel, args, kwargs) -> dict:
+    """Compile the first autotuning config for an H100 with the specialisation a real launch gets
+    (ints equal to 1 become constants, multiples of 16 and tensors get 16-divisibility); report the
+    tensor-core instruction family, registers, spilled bytes and whether loads are asynchronous copies."""
     import re
 
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    jit = autotuned.fn
-    constexprs = {**autotuned.configs[0].kwargs, **constexprs}
-    signature = {}
-    for name in jit.arg_names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
-            signature[name] = {"taps_ptr": "*i64", "part_ptr": "*fp32"}.get(name, f"*{dtype}")
+    config, jit = kernel.configs[0], kernel.fn
+    values = {**dict(zip(jit.arg_names, args, strict=False)), **kwargs, **config.kwargs}
+    signature, constants, attrs = {}, {}, {}
+    for index, name in enumerate(jit.arg_names):
+        value = values[name]
+        if index in jit.constexprs or (isinstance(value, int) and value == 1):
+            signature[name], constants[(index,)] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            signature[name], attrs[(index,)] = "*" + POINTER_TYPES[value.dtype], [["tt.divisibility", 16]]
         else:
             signature[name] = "i32"
-    source = ASTSource(fn=jit, signature=signature,
-                       constexprs={(jit.arg_names.index(k),): v for k, v in constexprs.items()})
-    compiled = triton.compile(source, target=GPUTarget(*H100))
-    assert compiled.asm["cubin"], "ptxas produced no cubin"
-    found = re.search(r"\b(wgmma|mma)\.", compiled.asm["ptx"])
-    return found.group(1) if found else "none"
+            if value % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+    compiled = triton.compile(ASTSource(fn=jit, signature=signature, constexprs=constants, attrs=attrs),
+                              target=GPUTarget(*H100),
+                              options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+    ptx = compiled.asm["ptx"]
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "kernel.ptx").write_text(ptx)
+        command = [str(ptxas), "-arch=sm_90a", "-v", "kernel.ptx", "-o", "kernel.cubin"]
+        report = subprocess.run(command, cwd=tmp, capture_output=True, text=True, check=True).stderr
+    mma = re.search(r"\b(wgmma|mma)\.", ptx)
+    return {
+        "mma": mma.group(1) if mma else "none",
+        "registers": int(re.search(r"Used (\d+) registers", report).group(1)),
+        "spilled_bytes": int(re.search(r"(\d+) bytes spill stores", report).group(1)),
+        "async_copies": "cp.async" in ptx,
+    }
 
 
 def _real_compiler_report() -> None:
-    common = dict(INPUT_PRECISION="ieee", UPCAST_DOT=False)
-    compiled = {
-        "forward bf16": _compiled_for_h100(triton_forward.dcs_forward_kernel, "bf16", HAS_BIAS=True,
-                                           DEPTHWISE=False, **common),
-        "grad_input bf16": _compiled_for_h100(triton_grad_input.dcs_grad_input_kernel, "bf16",
-                                              DEPTHWISE=False, **common),
-        "grad_weight bf16": _compiled_for_h100(triton_grad_weight.dcs_grad_weight_kernel, "bf16",
-                                               DEPTHWISE=False, BLOCK_O=64, BLOCK_I=64, **common),
-        "forward fp16 depthwise": _compiled_for_h100(triton_forward.dcs_forward_kernel, "fp16",
-                                                     HAS_BIAS=False, DEPTHWISE=True, **common),
-    }
+    # The RN18 layer2.0.conv1 DCS layer at batch 128, bf16 channels_last (as benchmarks/op_gpu.py runs
+    # it), and a depthwise layer in fp16; meta tensors, so nothing is allocated.
+    meta = dict(device="meta", dtype=torch.bfloat16)
+    x = torch.empty(128, 64, 32, 32, **meta).to(memory_format=torch.channels_last)
+    w = torch.empty(128, 64, 5, 5, **meta)
+    g = torch.empty(128, 128, 16, 16, **meta).to(memory_format=torch.channels_last)
+    taps = torch.empty(2, device="meta", dtype=torch.long)
+    geo = ((2, 2), (2, 2, 2, 2), (1, 1), 1)
+    half = dict(device="meta", dtype=torch.float16)
+    xd = torch.empty(128, 96, 16, 16, **half).to(memory_format=torch.channels_last)
+    wd = torch.empty(96, 1, 3, 3, **half)
+    launches = _captured_launches(lambda: (
+        triton_forward.dcs_forward(x, w, None, taps, *geo),
+        triton_grad_input.dcs_grad_input(g, tuple(x.shape), torch.channels_last, w, taps, *geo),
+        triton_grad_weight.dcs_grad_weight(g, x, tuple(w.shape), taps, *geo),
+        triton_forward.dcs_forward(xd, wd, None, taps, (1, 1), (1, 1, 1, 1), (1, 1), 96),
+    ))
+    names = ["forward bf16", "grad_input bf16", "grad_weight bf16", "forward fp16 depthwise"]
+    compiled = {name: _compiled_like_a_launch(*launch) for name, launch in zip(names, launches, strict=True)}
     print(json.dumps({"graphs": _traced_kernel_names(), "compiled": compiled}))
 
 
@@ -411,11 +463,16 @@ def test_traced_graph_on_cuda_holds_the_triton_kernels(real_compiler_report):
 
 
 @pytest.mark.slow
-def test_kernels_compile_for_h100_with_tensor_cores(real_compiler_report):
+def test_kernels_compile_for_h100_with_tensor_cores_and_no_spills(real_compiler_report):
+    """The code a real launch gets at the RN18 layer2 shape: tensor cores, pipelined loads, no spills."""
     compiled = real_compiler_report["compiled"]
     for name in ("forward bf16", "grad_input bf16", "grad_weight bf16"):
-        assert compiled[name] == "wgmma", f"{name}: expected Hopper tensor-core MMAs, got {compiled[name]}"
-    assert compiled["forward fp16 depthwise"] == "none"  # elementwise by design: no GEMM to feed
+        report = compiled[name]
+        assert report["mma"] == "wgmma", f"{name}: expected Hopper tensor-core MMAs: {report}"
+        assert report["async_copies"], f"{name}: loads are not pipelined through shared memory: {report}"
+        assert report["spilled_bytes"] == 0, f"{name}: registers spill: {report}"
+    depthwise = compiled["forward fp16 depthwise"]
+    assert depthwise["mma"] == "none" and depthwise["spilled_bytes"] == 0, depthwise  # elementwise by design
 
 
 # On a real GPU, with the real compiler.
