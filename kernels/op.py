@@ -62,9 +62,12 @@ def dcs_conv2d(
     dilation: list[int],
     groups: int,
 ) -> Tensor:
-    return _backend(x, weight, groups).dcs_forward(
+    out = _backend(x, weight, groups).dcs_forward(
         x, weight, bias, taps, tuple(stride), tuple(padding), tuple(dilation), groups
     )
+    # A view of a backend's buffer makes autograd refuse in-place ops on the output (conv followed
+    # by ReLU(inplace=True), as in VGG); detach() drops the view relation without copying.
+    return out.detach() if out._is_view() else out
 
 
 @dcs_conv2d.register_fake
