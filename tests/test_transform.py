@@ -230,3 +230,20 @@ def test_fallback_dry_run_failure_asks_for_example_inputs():
     with warnings.catch_warnings(), pytest.raises(ConfigError, match="pass example_inputs="):
         warnings.simplefilter("ignore")
         dcspass.transform(NeedsTwo(), "downsample")
+
+
+def test_gradients_match_with_in_place_relu_after_a_dcs_layer():
+    """conv -> ReLU(inplace=True) (VGG, AlexNet): the DCS output must accept in-place ops under autograd."""
+    torch.manual_seed(0)
+    original = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(8, 4, 3, stride=2, padding=1),
+        nn.ReLU(inplace=True),
+    )
+    model = dcspass.transform(original, lambda name, conv: True, n=25, k=5, check_bounds=False)
+    x = torch.randn(2, 3, 9, 11, requires_grad=True)
+    model(x).square().sum().backward()
+    got = (x.grad.clone(), getattr(model, "2").weight.grad[:, :, 1:4, 1:4].clone())
+    x.grad = None
+    original(x).square().sum().backward()
+    torch.testing.assert_close(got[0], x.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], original[2].weight.grad, rtol=1e-5, atol=1e-5)
