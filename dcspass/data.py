@@ -16,8 +16,8 @@ Layouts under ``data_dir``:
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +151,7 @@ def load_dataset(
     name: str,
     data_dir: str | Path | None = None,
     train: bool = True,
-    transform: Callable | None | str = "default",
+    transform: Callable | str | None = "default",
 ) -> Dataset:
     """A torchvision-style dataset of ``(image [C, H, W] in [0, 1], label)``, read offline only.
 
