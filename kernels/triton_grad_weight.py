@@ -176,6 +176,6 @@ def dcs_grad_weight(
         BLOCK_O=block_o, BLOCK_I=block_i,
     )
     tapped = partials.sum(0).permute(1, 2, 0)  # [C_out, C_in/groups, n]
-    grad_w = torch.zeros((c_out, c_in_g, k * k), dtype=grad_out.dtype, device=grad_out.device)
-    grad_w.index_copy_(2, taps, tapped.to(grad_out.dtype))
-    return grad_w.view(weight_shape)
+    grad_w = torch.zeros(weight_shape, dtype=grad_out.dtype, device=grad_out.device)
+    grad_w.view(c_out, c_in_g, k * k).index_copy_(2, taps, tapped.to(grad_out.dtype))
+    return grad_w  # the base tensor, not a view of it (an op's output must not be a view)
