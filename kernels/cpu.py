@@ -240,13 +240,14 @@ def dcs_grad_weight(grad_out, x, weight_shape, taps, stride, padding: Pads, dila
     hw_out = tuple(grad_out.shape[-2:])
     windows, partial = tap_windows(taps.tolist(), k, (h, w), hw_out, stride, padding, dilation)
     n = len(windows)
-    gw = torch.zeros((c_out, cg, k * k), dtype=grad_out.dtype, device=grad_out.device)
+    grad_weight = torch.zeros(weight_shape, dtype=grad_out.dtype, device=grad_out.device)
+    gw = grad_weight.view(c_out, cg, k * k)  # tap-indexed view of the result
     if cg == 1 and c_out == groups:  # depthwise
         for win in windows:
             if not win.empty():
                 prod = grad_out[:, :, win.out_rows, win.out_cols] * x[:, :, win.in_rows, win.in_cols]
                 gw[:, 0, taps[win.index]] = prod.sum((0, 2, 3))
-        return gw.view(weight_shape)
+        return grad_weight
     if _memory_format(x) == torch.contiguous_format:
         # Per image and group [Og, HW] @ [HW, n*Cg], summed over the batch.
         cols = _gather_cols_nchw(x, windows, partial, groups, hw_out).view(
@@ -260,4 +261,4 @@ def dcs_grad_weight(grad_out, x, weight_shape, taps, stride, padding: Pads, dila
         gwt = torch.bmm(cols.transpose(1, 2), _grad_out_groups(grad_out, groups))  # [g, n*Cg, Og]
         gwt = gwt.view(groups, n, cg, -1).permute(0, 3, 2, 1).reshape(c_out, cg, n)
     gw.index_copy_(2, taps, gwt)
-    return gw.view(weight_shape)
+    return grad_weight
