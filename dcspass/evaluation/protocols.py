@@ -40,6 +40,7 @@ __all__ = [
     "EvalContext",
     "ProtocolResult",
     "frozen_if_random",
+    "known_taps_batch",
     "run_adaptive",
     "run_paper",
 ]
@@ -256,6 +257,20 @@ def adaptive_attacks(ctx: EvalContext) -> dict[str, tuple[str, AttackFn, bool]]:
     return attacks
 
 
+def known_taps_batch(
+    ctx: EvalContext, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
+    """Known-taps attack on one batch: one draw frozen for the PGD attack and all K scoring forwards.
+
+    Returns ``(x_adv, verdicts [K, B], the frozen taps {layer: LongTensor[n]} or None)``.
+    """
+    with ctx.frozen() as taps:
+        adv = pgd(ctx.model, ctx.eps, ctx.budget.known_steps)(x, y)
+        v, bad = score_draws(ctx.runner, adv, y, ctx.budget.score_draws)
+    ctx.nonfinite += bad
+    return adv, v, taps
+
+
 def run_adaptive(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> ProtocolResult:
     """Every adaptive attack, scored on K fresh draws; AutoAttack-rand and the per-example worst case derived.
 
@@ -303,8 +318,8 @@ def run_adaptive(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> Protocol
     start = time.perf_counter()
     vs = []
     for xb, yb in batches(x, y, b.batch_size):
-        with ctx.frozen():
-            vs.append(scored(pgd(ctx.model, ctx.eps, b.known_steps)(xb, yb), yb))
+        _, v, _ = known_taps_batch(ctx, xb, yb)
+        vs.append(v)
     verdicts["known taps"] = torch.cat(vs, 1)
     result.seconds["known taps"] = time.perf_counter() - start
     result.descriptions["known taps"] = (

@@ -40,6 +40,7 @@ class Accuracy:
         std: standard deviation over repeats (paper) or over draws (adaptive), in [0, 1].
         repeats: repeats with different seeds; draws: K scoring draws per example; examples: images.
         all_correct: all-K-correct accuracy (adaptive only), else None.
+        per_repeat: accuracy of each repeat (paper); per_example: expected accuracy of each image (adaptive).
     """
 
     mean: float
@@ -49,6 +50,7 @@ class Accuracy:
     examples: int
     all_correct: float | None = None
     per_repeat: list[float] = field(default_factory=list)
+    per_example: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -59,6 +61,7 @@ class Accuracy:
             "examples": self.examples,
             "all_correct": self.all_correct,
             "per_repeat": self.per_repeat,
+            "per_example": self.per_example,
         }
 
 
@@ -73,6 +76,7 @@ def summarize(verdicts: torch.Tensor) -> Accuracy:
         draws=int(v.shape[0]),
         examples=int(v.shape[1]),
         all_correct=float(verdicts.all(0).float().mean()),
+        per_example=v.mean(0).tolist(),
     )
 
 

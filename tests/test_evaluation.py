@@ -1,0 +1,294 @@
+"""Evaluation engine: exactness of the batched draws and attacks, sanity checks that can fail, reports."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dcspass
+from dcspass.data import fashion_mnist_tensors
+from dcspass.errors import EvaluationError
+from dcspass.evaluation import Budget, evaluate, get_budget
+from dcspass.evaluation.analyses import overlap_classes
+from dcspass.evaluation.attacks import ExpectedModel, pgd
+from dcspass.evaluation.draws import DrawRunner, TapSets, all_tap_sets
+from dcspass.evaluation.protocols import EvalContext, known_taps_batch
+
+
+class TinyDCSNet(nn.Module):
+    """Conv -> stride-2 DCS (k=5, n=2) with a 1x1 shortcut -> conv -> linear; optional input quantizer.
+
+    The quantizer (``floor(32 x) / 32``) has zero gradient everywhere: a textbook gradient-masked model.
+    """
+
+    def __init__(self, quantize: bool = False, dcs: bool = True) -> None:
+        super().__init__()
+        self.quantize = quantize
+        self.c0 = nn.Conv2d(1, 8, 3, padding=1)
+        if dcs:
+            self.mid = dcspass.DCSConv2d(8, 16, 5, n=2, stride=2, padding=2)
+        else:
+            self.mid = nn.Conv2d(8, 16, 5, stride=2, padding=2)
+        self.short = nn.Conv2d(8, 16, 1, stride=2)
+        self.c2 = nn.Conv2d(16, 8, 3, stride=2, padding=1)
+        self.head = nn.Linear(8 * 7 * 7, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantize:
+            x = torch.floor(x * 32) / 32
+        h = F.relu(self.c0(x))
+        h = F.relu(self.mid(h) + self.short(h))
+        h = F.relu(self.c2(h))
+        return self.head(h.flatten(1))
+
+
+@pytest.fixture(scope="module")
+def fmnist_test():
+    return fashion_mnist_tensors(train=False, limit=256)
+
+
+@pytest.fixture(scope="module")
+def trained(fmnist_test):
+    """A TinyDCSNet trained clean for a few seconds on Fashion-MNIST (about 70-80 % test accuracy)."""
+    torch.manual_seed(0)
+    x, y = fashion_mnist_tensors(train=True, limit=2000)
+    model = TinyDCSNet()
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    for _ in range(1):
+        for i in range(0, x.shape[0], 50):
+            opt.zero_grad()
+            F.cross_entropy(model(x[i : i + 50]), y[i : i + 50]).backward()
+            opt.step()
+    model.eval()
+    xt, yt = fmnist_test
+    with torch.no_grad():
+        acc = (model(xt).argmax(1) == yt).float().mean()
+    assert acc > 0.6, f"fixture model did not train ({acc:.2f})"
+    return model
+
+
+def _loader(x, y, batch=32):
+    return [(x[i : i + batch], y[i : i + batch]) for i in range(0, x.shape[0], batch)]
+
+
+def _ctx(model, budget="smoke", eps=8 / 255):
+    runner = DrawRunner(model)
+    return EvalContext(model, runner, eps, get_budget(budget), 10, 0)
+
+
+# -- exactness ------------------------------------------------------------------------------------
+
+
+def test_known_taps_attack_equals_attack_on_masked_conv(trained, fmnist_test):
+    x, y = fmnist_test[0][:16], fmnist_test[1][:16]
+    ctx = _ctx(trained)
+    torch.manual_seed(123)
+    adv, verdicts, taps = known_taps_batch(ctx, x, y)
+    layer_taps = taps["mid"]
+
+    twin = TinyDCSNet(dcs=False)
+    twin.load_state_dict(trained.state_dict())
+    mask = torch.zeros(25)
+    mask[layer_taps] = 1
+    with torch.no_grad():
+        twin.mid.weight.mul_(mask.view(1, 1, 5, 5))
+    twin.eval()
+    torch.manual_seed(123)
+    assert torch.equal(trained.mid.draw_taps(), layer_taps)  # same RNG stream up to the attack's start
+    adv_twin = pgd(twin, ctx.eps, ctx.budget.known_steps)(x, y)
+
+    # Same attack, same random start: the iterates agree up to float rounding (sign flips at ~0 gradients).
+    mismatch = ((adv - adv_twin).abs() > 1e-5).float().mean()
+    assert mismatch < 0.01, f"{mismatch:.4f} of the pixels differ"
+    with torch.no_grad():
+        twin_correct = twin(adv_twin).argmax(1) == y
+    assert (verdicts == verdicts[0]).all(), "known-taps scoring must reuse the frozen draw"
+    assert (verdicts[0] == twin_correct).float().mean() > 0.9
+
+
+def test_exact_expectation_equals_independent_average(trained, fmnist_test):
+    x = fmnist_test[0][:2].clone()
+    runner = DrawRunner(trained, max_rows=256)  # 300 sets x 2 images: several checkpointed chunks
+    assert runner.split
+    sets = all_tap_sets(trained.mid)
+    assert sets.shape == (300, 2)
+    model = ExpectedModel(trained, runner, tap_sets=sets)
+
+    xa = x.clone().requires_grad_(True)
+    fast = model(xa)
+    (g_fast,) = torch.autograd.grad(fast[:, 3].sum(), xa)
+
+    xb = x.clone().requires_grad_(True)
+    probs = []
+    for taps in itertools.combinations(range(25), 2):
+        with dcspass.using_taps(trained, {"mid": torch.tensor(taps)}):
+            probs.append(trained(xb).softmax(-1))
+    reference = torch.stack(probs).mean(0).log()
+    (g_ref,) = torch.autograd.grad(reference[:, 3].sum(), xb)
+
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g_fast, g_ref, atol=1e-6, rtol=1e-4)
+
+
+def test_sampled_draws_use_distinct_taps_per_group(trained, fmnist_test):
+    """EOT draws in one batched run are independent: groups see different tap sets, not one."""
+    x = fmnist_test[0][:2]
+    runner = DrawRunner(trained)
+    with torch.no_grad():
+        out = runner(x, TapSets.sample(16))
+    assert out.shape == (16, 2, 10)
+    distinct = {tuple(o.flatten().round(decimals=4).tolist()) for o in out}
+    assert len(distinct) > 4
+
+
+def test_untraceable_model_falls_back_with_same_result(trained, fmnist_test):
+    class Branchy(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace this
+                return self.inner(x)
+            return -self.inner(x)
+
+    model = Branchy(trained)
+    with pytest.warns(UserWarning, match="does not trace"):
+        runner = DrawRunner(model)
+    assert not runner.split
+    x = fmnist_test[0][:2]
+    sets = all_tap_sets(trained.mid)[:5]
+    with torch.no_grad():
+        out = runner(x, TapSets.given(sets))
+        for i, taps in enumerate(sets):
+            with dcspass.using_taps(model, {"inner.mid": taps}):
+                torch.testing.assert_close(out[i], model(x))
+
+
+def test_overlap_classes_for_stride_two():
+    layer = dcspass.DCSConv2d(4, 4, 5, n=2, stride=2, padding=2)
+    classes = overlap_classes(layer, torch.tensor([0, 1]))  # taps (0,0) and (0,1)
+    assert classes["s"].tolist() == [0, 1]
+    # Even rows are stride-aligned with row 0 (every column is aligned with column 0 or 1); odd rows never.
+    assert sorted(classes["g"].tolist()) == [p for p in range(25) if (p // 5) % 2 == 0 and p > 1]
+    assert sorted(classes["u"].tolist()) == [p for p in range(25) if (p // 5) % 2 == 1]
+
+
+# -- sanity checks can fail -------------------------------------------------------------------------
+
+_MASKING_BUDGET = Budget(
+    name="masking-test",
+    examples=40,
+    batch_size=40,
+    repeats=1,
+    eot_steps=5,
+    eot_samples=2,
+    apgd_steps=3,
+    apgd_eot=1,
+    exact_steps=1,
+    exact_examples=2,
+    known_steps=1,
+    square_queries=250,
+    square_eot=1,
+    score_draws=4,
+)
+
+
+@pytest.mark.slow
+def test_gradient_free_check_trips_on_gradient_masking(trained, fmnist_test):
+    # eps 48/255 lets a short Square search move pixels across the quantizer's 8/255 steps.
+    # eps 48/255 lets a short Square search move pixels across the quantizer's 8/255 steps.
+    x, y = fmnist_test[0][:40], fmnist_test[1][:40]
+    masked = TinyDCSNet(quantize=True)
+    masked.load_state_dict(trained.state_dict())
+    masked.eval()
+    reports = {}
+    for name, model in (("healthy", trained), ("masked", masked)):
+        reports[name] = evaluate(
+            model, _loader(x, y), protocol="adaptive", budget=_MASKING_BUDGET, analyses=False, eps=48 / 255
+        )
+    checks = {n: {c.name: c for c in r.sanity} for n, r in reports.items()}
+    name = "gradient-free does not beat gradient-based"
+    masked_check, healthy_check = checks["masked"][name], checks["healthy"][name]
+    assert masked_check.passed is False, masked_check.detail
+    assert healthy_check.passed is True, healthy_check.detail
+    # The masked model's gradient attacks achieve nothing: EOT-PGD leaves it near its clean accuracy.
+    acc = reports["masked"].adaptive.accuracies
+    assert acc["EOT-PGD"].mean > acc["Square (EOT)"].mean + 0.15
+    assert checks["healthy"]["taps change between forwards"].passed is True
+    assert checks["healthy"]["no NaN/inf"].passed is True
+
+
+# -- a small real run -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_small_run_of_both_protocols_writes_valid_report(trained, fmnist_test, tmp_path):
+    x, y = fmnist_test[0][:8], fmnist_test[1][:8]
+    source = TinyDCSNet(dcs=False)
+    source.load_state_dict(trained.state_dict())
+    report = evaluate(
+        trained, _loader(x, y, batch=4), protocol="both", budget="smoke", transfer_source=source
+    )
+    out = report.save(tmp_path / "eval")
+
+    data = json.loads((out / "report.json").read_text())
+    assert data["config"]["budget"]["name"] == "smoke"
+    assert data["config"]["examples"] == 8
+    paper = data["paper"]["accuracies"]
+    assert set(paper) == {"clean", "PGD-3", "AutoAttack", "CW", "MIFGSM", "DeepFool", "EOTPGD"}
+    for acc in paper.values():
+        assert 0 <= acc["mean"] <= 1 and acc["repeats"] == 2 and len(acc["per_repeat"]) == 2
+    adaptive = data["adaptive"]["accuracies"]
+    expected = {"clean", "EOT-PGD", "APGD-CE (EOT)", "APGD-DLR (EOT)", "exact expectation", "Square (EOT)"}
+    assert expected | {"transfer", "known taps", "AutoAttack rand", "worst case"} == set(adaptive)
+    for acc in adaptive.values():
+        assert 0 <= acc["all_correct"] <= acc["mean"] <= 1 and acc["draws"] == 4
+    # The worst case is the worst per example; re-scored, it can exceed the best single attack only by noise.
+    assert adaptive["worst case"]["mean"] <= min(adaptive[k]["mean"] for k in expected - {"clean"}) + 0.25
+    assert {c["name"] for c in data["sanity"]} >= {"no NaN/inf", "taps change between forwards"}
+    assert data["analyses"]["cosine"]["s"]["mean"] == pytest.approx(1.0, abs=1e-4)  # same taps, same gradient
+    for curve in data["analyses"]["sweeps"].values():
+        assert len(curve["paper"]) == len(curve["adaptive"]) == len(curve["values"])
+    markdown = (out / "report.md").read_text()
+    assert "paper protocol (attack and prediction use different taps)" in markdown
+    assert "| smoke |" in markdown and "sweeps.png" in markdown
+    assert (out / "sweeps.png").stat().st_size > 1000 and (out / "cosine.png").stat().st_size > 1000
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_raise_evaluation_errors(trained, fmnist_test):
+    x, y = fmnist_test[0][:4], fmnist_test[1][:4]
+    with pytest.raises(EvaluationError, match="0-255"):
+        evaluate(trained, _loader(x, y), eps=8)
+    with pytest.raises(EvaluationError, match="no images"):
+        evaluate(trained, [], budget="smoke")
+    with pytest.raises(EvaluationError, match="classes"):
+        evaluate(trained, _loader(x, y + 10), budget="smoke")
+    with pytest.raises(EvaluationError, match=r"\[0, 1\]"):
+        evaluate(trained, _loader(x * 255, y), budget="smoke")
+    with pytest.raises(EvaluationError, match="budget"):
+        evaluate(trained, _loader(x, y), budget="huge")
+
+
+def test_model_without_dcs_runs_adaptive_attacks_with_a_warning(trained, fmnist_test):
+    x, y = fmnist_test[0][:4], fmnist_test[1][:4]
+    plain = TinyDCSNet(dcs=False)
+    plain.load_state_dict(trained.state_dict())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = evaluate(plain, _loader(x, y), protocol="adaptive", budget="smoke", analyses=False)
+    assert any("deterministic" in str(w.message) for w in caught)
+    assert any("deterministic" in w for w in report.warnings)
+    acc = report.adaptive.accuracies
+    assert acc["exact expectation"].examples == 4 and acc["EOT-PGD"].examples == 4
+    # Deterministic: every scoring draw agrees, so expected and all-K-correct accuracies coincide.
+    assert acc["EOT-PGD"].all_correct == acc["EOT-PGD"].mean
