@@ -59,7 +59,7 @@ def test_excluding_captured_taps_gives_disjoint_draws(dcs_resnet):
         model(x)
     attack_taps = dict(model.captured_taps)
     with dcspass.excluding_taps(model, attack_taps):
-        for _ in range(10):
+        for _ in range(5):
             model(x)
             for name, taps in model.captured_taps.items():
                 assert not set(taps.tolist()) & set(attack_taps[name].tolist()), name
