@@ -19,6 +19,7 @@ from .errors import (
     PolicyError,
     TapError,
 )
+from .evaluation import Report, evaluate  # the function; the CLI module dcspass/evaluate.py stays unimported
 from .functional import dcs_conv2d
 from .instrument import instrument
 from .layers import DCSConv2d, DCSConv2dSame
@@ -40,11 +41,13 @@ __all__ = [
     "EvaluationError",
     "Plan",
     "PolicyError",
+    "Report",
     "TapError",
     "bounds",
     "build_model",
     "dcs_conv2d",
     "dcs_layers",
+    "evaluate",
     "excluding_taps",
     "frozen_taps",
     "instrument",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import types
 from collections.abc import Sequence
 
 import torch
@@ -97,5 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+class _CallableModule(types.ModuleType):
+    """Importing ``dcspass.evaluate`` (this CLI) rebinds the package attribute ``dcspass.evaluate`` from
+    the function to this module; calling the module forwards to the function, so both keep working."""
+
+    def __call__(self, *args, **kwargs):
+        return evaluate(*args, **kwargs)
+
+
 if __name__ == "__main__":
     sys.exit(main())
+else:
+    sys.modules[__name__].__class__ = _CallableModule
