@@ -139,8 +139,10 @@ class Plan:
         nx.draw_networkx_edges(g, pos, ax=ax, arrowsize=6, width=0.6, edge_color="gray")
         nx.draw_networkx_nodes(g, pos, ax=ax, node_color=colors, node_size=120)
         index = {r.name: r.index for r in self.rows}
-        labels = {v: (f"{index[v]}: {v}" if v in dcs else str(index.get(v, v))) for v in g.nodes}
-        nx.draw_networkx_labels(g, pos, labels, ax=ax, font_size=6)
+        nx.draw_networkx_labels(g, pos, {v: str(index.get(v, v)) for v in g.nodes}, ax=ax, font_size=5)
+        for v in dcs:  # DCS layers are named beside their node, slanted so long names do not collide
+            ax.annotate(v, pos[v], xytext=(4, 6), textcoords="offset points", rotation=30, fontsize=6,
+                        color="tab:red")
         ax.set_title(f"{len(dcs)} DCS layers (red), policy={self.policy}, n={self.n}", fontsize=9)
         ax.set_axis_off()
         if path is not None:
