@@ -91,3 +91,24 @@ def test_errors():
 
     with pytest.raises(ConfigError, match=r"torch\.fx cannot trace Untraceable"):
         dcspass.instrument(Untraceable())
+
+
+def test_f_conv2d_sites_are_captured_too():
+    class Functional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+            self.w = nn.Parameter(torch.randn(4, 4, 3, 3))
+
+        def forward(self, x):
+            return torch.nn.functional.conv2d(self.stem(x), self.w, None, 2, 1)
+
+    dcs = dcspass.transform(Functional(), "downsample")
+    model = dcspass.instrument(dcs)
+    x = torch.randn(1, 3, 16, 16)
+    with dcspass.frozen_taps(model) as frozen:
+        y = model(x)
+    assert set(model.captured_taps) == {"stem", "conv2d"}
+    assert all(torch.equal(model.captured_taps[k], frozen[k]) for k in frozen)
+    with dcspass.using_taps(dcs, model.captured_taps):
+        torch.testing.assert_close(dcs(x), y, rtol=0, atol=0)
