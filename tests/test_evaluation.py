@@ -292,3 +292,31 @@ def test_model_without_dcs_runs_adaptive_attacks_with_a_warning(trained, fmnist_
     assert acc["exact expectation"].examples == 4 and acc["EOT-PGD"].examples == 4
     # Deterministic: every scoring draw agrees, so expected and all-K-correct accuracies coincide.
     assert acc["EOT-PGD"].all_correct == acc["EOT-PGD"].mean
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_evaluates_a_checkpoint(tmp_path, capsys):
+    from dcspass.training.checkpoint import save_checkpoint
+    from dcspass.training.config import TrainConfig, build_network
+
+    config = TrainConfig(arch="resnet18", num_classes=10, in_channels=1, width=4, dataset="fashion_mnist")
+    torch.manual_seed(0)
+    save_checkpoint(
+        tmp_path / "ck.pt", {"config": config.to_dict(), "model": build_network(config).state_dict()}
+    )
+    from dcspass.evaluate import main
+
+    common = ["--checkpoint", str(tmp_path / "ck.pt"), "--budget", "smoke", "--no-analyses", "--out"]
+    code = main([*common, str(tmp_path / "out"), "--protocol", "paper", "--repeats", "1"])
+    assert code == 0
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert data["config"]["repeats"] == 1 and data["adaptive"] is None
+    assert data["config"]["dcs_layers"][0]["name"] == "layer2.0.conv1"
+    assert main([*common, str(tmp_path / "bad"), "--eps", "8"]) == 2
+    assert "0-255" in capsys.readouterr().err
+    assert main([*common, str(tmp_path / "bad"), "--dataset", "cifar10"]) == 2  # 3 channels vs 1
+    # Importing the CLI module must not break the API function of the same name.
+    assert callable(dcspass.evaluate)
