@@ -8,14 +8,20 @@ A graph rewrite, not a global: every call of a DCS layer, ``y = self.layer(x)``,
 and the graph starts by clearing ``captured_taps``. The instrumented model shares its DCS layers (and
 every other module and parameter) with ``model``, under the same qualified names, so
 ``frozen_taps`` / ``excluding_taps`` / ``using_taps`` work on either, and training one trains both.
+
+A model torch.fx cannot trace (one ``transform`` had to module-swap) is instrumented with hooks
+instead, with a warning: a copy of its module tree that shares every leaf module and parameter, whose
+forward freezes each DCS layer's draw for the duration of the layer's call and records it.
 """
 
 from __future__ import annotations
 
+import copy
 import operator
 import warnings
 
-from torch import fx, nn
+import torch
+from torch import nn
 
 from .errors import ConfigError
 from .layers import DCSConv2d
@@ -25,15 +31,16 @@ from .transform import trace
 __all__ = ["instrument"]
 
 
-def instrument(model: nn.Module) -> fx.GraphModule:
-    """A ``GraphModule`` computing what ``model`` computes, with ``.captured_taps`` after each forward.
+def instrument(model: nn.Module) -> nn.Module:
+    """A model computing what ``model`` computes, with ``.captured_taps`` after each forward.
 
     ``captured_taps`` is ``{qualified_name: LongTensor[n]}``, the taps each DCS layer used in the last
-    forward (for a layer called several times, its last call). The model must be traceable by
-    torch.fx with convs as leaves (any model ``dcspass.transform`` returned a ``GraphModule`` for is).
+    forward (for a layer called several times, its last call). The result is a ``GraphModule`` when
+    torch.fx can trace ``model`` with convs as leaves (any model ``dcspass.transform`` returned a
+    ``GraphModule`` for), else a hook-instrumented copy of the module tree (with a warning).
 
     Raises:
-        ConfigError: the model has no DCS layer, or torch.fx cannot trace it.
+        ConfigError: the model has no DCS layer.
     """
     if not list(dcs_layers(model)):
         raise ConfigError(
@@ -42,12 +49,14 @@ def instrument(model: nn.Module) -> fx.GraphModule:
         )
     try:
         gm = trace(model)
-    except Exception as exc:
-        raise ConfigError(
-            f"instrument: torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc}); "
-            "instrument needs a traceable model (transform falls back to module swapping for such "
-            "models, but the tap capture is a graph rewrite)"
-        ) from exc
+    except Exception as exc:  # torch.fx raises many types; any of them means: no graph to rewrite
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        warnings.warn(
+            f"dcspass.instrument: torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: "
+            f"{first_line}); recording the taps with hooks on the DCS layers instead",
+            stacklevel=2,
+        )
+        return _instrument_with_hooks(model)
     graph = gm.graph
     gm.captured_taps = {}
     calls = [
@@ -75,3 +84,57 @@ def instrument(model: nn.Module) -> fx.GraphModule:
     graph.lint()
     gm.recompile()
     return gm
+
+
+def _instrument_with_hooks(model: nn.Module) -> nn.Module:
+    """The fallback: hooks on the (shared) DCS layers that act only while the copy's forward runs."""
+    if isinstance(model, DCSConv2d):
+        raise ConfigError("instrument: pass the model that contains the DCS layer, not the layer itself")
+    inst = _tree_copy(model)
+    captured: dict[str, torch.Tensor] = {}
+    inst.captured_taps = captured
+    running = [0]  # > 0 while inst's forward runs; the shared layers ignore calls from other models
+    drew: set[int] = set()
+
+    def enter(module, args) -> None:
+        if running[0] == 0:
+            captured.clear()
+        running[0] += 1
+
+    def leave(module, args, output) -> None:
+        running[0] -= 1
+
+    def freeze_draw(layer: DCSConv2d, args) -> None:
+        if running[0] and layer.fixed_taps is None:
+            layer.fixed_taps = layer.draw_taps()  # honours excluding_taps, as forward would
+            drew.add(id(layer))
+
+    def record(name: str):
+        def hook(layer: DCSConv2d, args, output) -> None:
+            if running[0]:
+                captured[name] = layer.fixed_taps
+                if id(layer) in drew:
+                    drew.discard(id(layer))
+                    layer.fixed_taps = None
+
+        return hook
+
+    inst.register_forward_pre_hook(enter)
+    inst.register_forward_hook(leave, always_call=True)
+    for name, layer in dcs_layers(inst):
+        layer.register_forward_pre_hook(freeze_draw)
+        layer.register_forward_hook(record(name), always_call=True)
+    return inst
+
+
+def _tree_copy(module: nn.Module) -> nn.Module:
+    """A copy of the module tree: new container modules, the same leaf modules and parameters."""
+    if isinstance(module, DCSConv2d) or not module._modules:
+        return module
+    new = copy.copy(module)
+    for key, value in module.__dict__.items():
+        if key.startswith("_") and isinstance(value, dict):  # parameters, buffers, hooks: own dicts
+            new.__dict__[key] = type(value)(value)
+    for key, child in module._modules.items():
+        new._modules[key] = None if child is None else _tree_copy(child)
+    return new

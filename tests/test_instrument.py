@@ -81,16 +81,39 @@ def test_errors():
     with pytest.raises(ConfigError, match="has no DCSConv2d layer; transform it first"):
         dcspass.instrument(nn.Sequential(nn.Conv2d(3, 3, 3)))
 
-    class Untraceable(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = dcspass.DCSConv2d(3, 3, 5, n=2, stride=2, padding=2)
 
-        def forward(self, x):
-            return self.conv(x) if x.sum() > 0 else x
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.b = nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1))
 
-    with pytest.raises(ConfigError, match=r"torch\.fx cannot trace Untraceable"):
-        dcspass.instrument(Untraceable())
+    def forward(self, x):
+        x = self.a(x)
+        return self.b(x if x.sum() > 0 else -x)
+
+
+def test_untraceable_models_are_instrumented_with_hooks():
+    with pytest.warns(UserWarning, match="cannot trace"):
+        dcs = dcspass.transform(Untraceable(), "downsample")
+    with pytest.warns(UserWarning, match=r"torch\.fx cannot trace Untraceable .*hooks on the DCS layers"):
+        model = dcspass.instrument(dcs)
+    assert model.b[0] is dcs.b[0] and [n for n, _ in dcspass.dcs_layers(model)] == ["a", "b.0"]
+    x = torch.randn(1, 3, 16, 16)
+    y = model(x)
+    taps = dict(model.captured_taps)
+    assert set(taps) == {"a", "b.0"} and dcs.a.fixed_taps is None  # the draw is not left frozen
+    with dcspass.using_taps(dcs, taps):
+        torch.testing.assert_close(dcs(x), y, rtol=0, atol=0)
+    dcs(x)  # calls through the original model are not recorded
+    assert all(torch.equal(model.captured_taps[k], taps[k]) for k in taps)
+    with dcspass.frozen_taps(model) as frozen:
+        model(x)
+        assert all(torch.equal(model.captured_taps[k], frozen[k]) for k in frozen)
+    with dcspass.excluding_taps(model, taps):
+        for _ in range(5):
+            model(x)
+            assert all(not set(model.captured_taps[k].tolist()) & set(taps[k].tolist()) for k in taps)
 
 
 def test_f_conv2d_sites_are_captured_too():
