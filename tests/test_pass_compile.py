@@ -71,3 +71,23 @@ def test_no_graph_breaks():
     explanation = torch._dynamo.explain(model)(torch.randn(1, 3, 16, 16))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+@pytest.mark.slow
+def test_compiled_instrumented_model_records_fresh_taps():
+    model = _dcs_model()
+    probe = dcspass.instrument(model)
+    compiled = torch.compile(probe, backend="aot_eager", fullgraph=True)
+    x = torch.randn(1, 3, 16, 16)
+    with dcspass.frozen_taps(probe) as frozen:
+        compiled(x)
+        captured = {k: v.tolist() for k, v in probe.captured_taps.items()}
+        assert captured == {k: v.tolist() for k, v in frozen.items()}
+    seen = set()
+    for _ in range(4):
+        y = compiled(x)
+        taps = {k: v.clone() for k, v in probe.captured_taps.items()}
+        seen.add(tuple(tuple(v.tolist()) for v in taps.values()))
+        with dcspass.using_taps(model, taps):
+            torch.testing.assert_close(model(x), y, rtol=1e-5, atol=1e-5)
+    assert len(seen) > 1, "the compiled instrumented model recorded the same taps every call"
