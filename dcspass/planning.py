@@ -197,7 +197,7 @@ def plan(
 
 
 def _policy_label(policy: PolicySpec) -> str:
-    return repr(policy) if isinstance(policy, str) else getattr(policy, "__name__", repr(policy))
+    return policy if isinstance(policy, str) else getattr(policy, "__name__", repr(policy))
 
 
 def _format_pair(p: tuple[int, int]) -> str:

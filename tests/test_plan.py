@@ -41,13 +41,13 @@ def test_table_and_dict(resnet18):
     p = dcspass.plan(resnet18, "index:6", n=2)
     text = str(p)
     lines = text.splitlines()
-    assert lines[0].startswith("dcspass plan: policy='index:6', n=2")
+    assert lines[0].startswith("dcspass plan: policy=index:6, n=2")
     assert lines[1].split()[:4] == ["index", "name", "kind", "kernel"]
     assert lines[7].split() == ["6", "layer2.0.conv1", "Conv2d", "3x3", "2", "DCS", "5", "[0.225,", "2]",
                                 "yes"]
     assert lines[-1] == "1 of 20 convs selected; every selected layer is admissible."
     d = json.loads(json.dumps(p.to_dict()))
-    assert d["policy"] == "'index:6'" and d["traced"] is True
+    assert d["policy"] == "index:6" and d["traced"] is True
     assert d["rows"][5]["selected"] is True and d["rows"][5]["interval"] == [0.225, 2.0]
     assert ["conv1", "layer1.0.conv1"] in d["edges"]
 
