@@ -147,7 +147,7 @@ def train(
         net.train()
         lr = optimizer.param_groups[0]["lr"]
         loss_sum = correct = seen = 0.0
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         batches = bar(loader, f"[{name}] epoch {epoch + 1}/{config.epochs}", ctx.is_main and progress)
         for x, y in batches:
             x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
@@ -161,7 +161,7 @@ def train(
             correct += float((logits.argmax(1) == y).sum())
             seen += y.numel()
         scheduler.step()
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         eval_start = time.perf_counter()
         clean, robust, total = paper_protocol_accuracy(
             net, eval_loader, config.eps, config.alpha, config.eval_steps, ctx.device
@@ -177,6 +177,7 @@ def train(
             "clean_acc": clean / max(total, 1),
             "pgd_acc": robust / max(total, 1),
             "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
             "eval_seconds": time.perf_counter() - eval_start,
         }
         history.append(record)
