@@ -31,7 +31,7 @@ from dcspass.training.distributed import barrier, init_distributed
 __all__ = ["Placement", "RecipeSpec", "build_parser", "evaluate_pair", "main", "run"]
 
 # Test images in the clean + PGD-20 table, per --budget.
-QUICK_EXAMPLES = {"smoke": 64, "default": 1000, "full": 10_000}
+QUICK_EXAMPLES = {"smoke": 64, "default": 500, "full": 10_000}
 
 
 @dataclass(frozen=True)
