@@ -1,6 +1,6 @@
 """Whole-model cost of DCS: torchvision ResNet-18 with ``policy="index:6"`` vs the original.
 
-    python benchmarks/model.py [--batch 64] [--size 32] [--rounds 20] [--device cpu|cuda]
+    python benchmarks/model.py [--batch 64] [--size 32] [--rounds 10] [--device cpu|cuda]
 
 Times inference (eval, no_grad) and a training step (forward, cross-entropy, backward, SGD step) at
 batch 64 on 32x32 inputs, as the paper's CIFAR setting. The two models run interleaved (alternating
@@ -89,8 +89,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--iters", type=int, default=3, help="calls per model per round")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--iters", type=int, default=2, help="calls per model per round")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--policy", default="index:6")
     args = parser.parse_args()
