@@ -102,7 +102,7 @@ def test_every_replaced_layer_keeps_its_output_shape():
     for name, module in list(original.named_children()):
         module.register_forward_hook(lambda m, a, out, name=name: shapes.__setitem__(name, out.shape))
     for name, module in dcspass.dcs_layers(model):
-        if hasattr(original, name):  # the conv modules; "conv2d" is the F.conv2d site, checked below
+        if hasattr(original, name):  # conv modules; the F.conv2d site makes the output
             module.register_forward_hook(
                 lambda m, a, out, name=name: shapes.__setitem__(name + "/dcs", out.shape)
             )
