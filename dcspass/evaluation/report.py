@@ -145,8 +145,9 @@ class Report:
                         "all-K-correct",
                         "K draws",
                         "images",
-                    )[:-1]
-                    + " budget | setting |",
+                        "budget",
+                        "setting",
+                    ),
                     "|---|---|---|---|---|---|---|",
                 ]
                 for name, acc in result.accuracies.items():
