@@ -259,6 +259,7 @@ def test_small_run_of_both_protocols_writes_valid_report(trained, fmnist_test, t
     markdown = (out / "report.md").read_text()
     assert "paper protocol (attack and prediction use different taps)" in markdown
     assert "| smoke |" in markdown and "sweeps.png" in markdown
+    assert "| images | budget | setting |" in markdown  # both tables have well-formed headers
     assert (out / "sweeps.png").stat().st_size > 1000 and (out / "cosine.png").stat().st_size > 1000
 
 
