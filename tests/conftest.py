@@ -6,6 +6,8 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -16,3 +18,13 @@ settings.register_profile(
     derandomize=True,
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dcspass"))
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one intra-op thread: tiny training networks are faster so, and a busy machine's
+    oversubscription (2 threads each for several processes on 2 cores) cannot slow them tenfold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,6 +13,7 @@ from dcspass.training import TrainConfig, train
 from dcspass.training import checkpoint as ckpt
 from dcspass.training.checkpoint import load_model, save_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 needs_fmnist = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="needs dataset-fashion-mnist")
 
 

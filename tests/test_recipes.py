@@ -12,6 +12,7 @@ from dcspass.data import FASHION_MNIST_DIR
 from dcspass.training import build_network
 from recipes import common, paper_rn18, paper_rn50, paper_vit, paper_wrn34
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 needs_fmnist = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="needs dataset-fashion-mnist")
 
 SMOKE = [

@@ -10,7 +10,10 @@ import dcspass
 from dcspass.data import FASHION_MNIST_DIR, fashion_mnist_tensors
 from dcspass.training import GSAT, TrainConfig, build_network, make_method, train
 
-pytestmark = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="needs dataset-fashion-mnist")
+pytestmark = [
+    pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="needs dataset-fashion-mnist"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 def _config(method: str, **kw) -> TrainConfig:
