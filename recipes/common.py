@@ -279,6 +279,7 @@ def _plot_curves(path: Path, runs: dict[str, TrainResult]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     for key, label in (("at", "PGD-AT"), ("dcs", "DCS + GSAT")):
@@ -287,12 +288,13 @@ def _plot_curves(path: Path, runs: dict[str, TrainResult]) -> None:
         for ax, metric, title in zip(
             axes,
             ("loss", "clean_acc", "pgd_acc"),
-            ("training loss", "clean acc (held out)", "PGD acc (held out)"),
+            ("training loss", "clean acc (held out)", "PGD-20 acc (held out)"),
             strict=True,
         ):
             ax.plot(epochs, [h[metric] for h in hist], marker="o", label=label)
             ax.set_title(title)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
