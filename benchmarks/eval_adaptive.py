@@ -12,6 +12,7 @@ Two measurements:
     python benchmarks/eval_adaptive.py --examples 1000                   # the issue's measurement
     python benchmarks/eval_adaptive.py --examples 8 --checkpoint ck.pt   # quick, extrapolated
     python benchmarks/eval_adaptive.py --prefix-only
+    python benchmarks/eval_adaptive.py --estimate --examples 1000       # per-step times x step counts
 
 Without ``--checkpoint`` the network is freshly initialised: it misclassifies most images, and
 attacks that skip misclassified images (Square) then finish early, so pass a trained checkpoint for
@@ -63,6 +64,63 @@ def prefix_benchmark(model: torch.nn.Module, device: torch.device, batch: int, d
     return result
 
 
+def estimate_full(model: torch.nn.Module, device: torch.device, budget_name: str, images: int) -> dict:
+    """Time one step of each kind on one batch of the budget and multiply by the steps the budget runs.
+
+    An upper-bound extrapolation (labelled so): Square is counted as if no image were ever broken,
+    and every attack as if it ran every step on every image.
+    """
+    from dcspass.evaluation import get_budget
+    from dcspass.evaluation.draws import all_tap_sets
+
+    b = get_budget(budget_name)
+    x = fashion_mnist_tensors(train=False, limit=b.batch_size)[0].to(device)
+    runner = DrawRunner(model)
+    first = runner.first_layer
+
+    def fb(sets: TapSets) -> float:
+        xa = x.clone().requires_grad_(True)
+        start = time.perf_counter()
+        runner(xa, sets).softmax(-1).mean(0)[:, 0].sum().backward()
+        return time.perf_counter() - start
+
+    def fwd(draws: int) -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            runner(x, TapSets.sample(draws))
+        return time.perf_counter() - start
+
+    fb(TapSets.sample(2))  # warm up
+    unit = {
+        "eot_step": fb(TapSets.sample(b.eot_samples)),
+        "exact_step": fb(TapSets.given(all_tap_sets(first))),
+        "plain_step": fb(TapSets.sample(1)),
+        "eot_forward": fwd(b.square_eot),
+        "score": fwd(b.score_draws),
+    }
+    batches = -(-images // b.batch_size)
+    parts = {
+        "EOT-PGD": b.eot_steps * unit["eot_step"],
+        "APGD-CE + APGD-DLR (EOT)": 2 * b.apgd_steps * unit["eot_step"] * b.apgd_eot / b.eot_samples,
+        "exact expectation": b.exact_steps * unit["exact_step"],
+        "Square (EOT)": b.square_queries * unit["eot_forward"],
+        "known taps + transfer": (b.known_steps + b.transfer_steps) * unit["plain_step"],
+        "scoring": 12 * unit["score"],
+    }
+    total = batches * sum(parts.values())
+    print(f"\nEXTRAPOLATED full adaptive protocol (budget {b.name}), {images} images, {device}:")
+    for name, seconds in parts.items():
+        print(f"  {name:28s} {batches * seconds / 60:8.1f} min")
+    print(f"  {'total':28s} {total / 60:8.1f} min  (= {total / 3600:.1f} h; per-batch unit times {unit})")
+    return {
+        "unit_seconds": unit,
+        "batches": batches,
+        "minutes": {k: batches * v / 60 for k, v in parts.items()},
+        "total_minutes": total / 60,
+        "extrapolated": True,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--examples", type=int, default=1000)
@@ -71,14 +129,18 @@ def main() -> None:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--prefix-only", action="store_true")
+    p.add_argument("--estimate", action="store_true", help="extrapolate from one step of each kind")
     p.add_argument("--draws", type=int, default=20)
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     args = p.parse_args()
     device = torch.device(args.device)
     model = _model(args, device)
     out: dict = {"device": str(device), "torch_threads": torch.get_num_threads(), "width": args.width}
-    out["prefix"] = prefix_benchmark(model, device, 16, args.draws)
-    if not args.prefix_only:
+    if args.estimate:
+        out["estimate"] = estimate_full(model, device, args.budget, args.examples)
+    else:
+        out["prefix"] = prefix_benchmark(model, device, 16, args.draws)
+    if not args.prefix_only and not args.estimate:
         from dcspass.evaluation import get_budget
 
         budget = get_budget(args.budget)
