@@ -47,9 +47,13 @@ def compare(
 
 
 def print_table(title: str, result: dict[str, dict[str, float]]) -> None:
-    print(f"\n{title}")
+    """One row per candidate; ``median_s`` is printed in milliseconds as ``median_ms``."""
     keys = list(next(iter(result.values())))
-    print(f"{'':32s}" + "".join(f"{k:>26s}" for k in keys))
+    headers = ["median_ms" if k == "median_s" else k for k in keys]
+    widths = [max(len(h), 10) + 2 for h in headers]
+    name_width = max(len(name) for name in result) + 2
+    print(f"\n{title}")
+    print(" " * name_width + "".join(f"{h:>{w}s}" for h, w in zip(headers, widths, strict=True)))
     for name, row in result.items():
-        print(f"{name:32s}" + "".join(f"{row[k] * (1e3 if k == 'median_s' else 1):>26.3f}" for k in keys))
-    print("(median_s column in milliseconds)")
+        cells = [row[k] * (1e3 if k == "median_s" else 1) for k in keys]
+        print(f"{name:<{name_width}s}" + "".join(f"{c:>{w}.2f}" for c, w in zip(cells, widths, strict=True)))

@@ -13,30 +13,16 @@ from dcspass.training import TrainConfig, train
 from dcspass.training import checkpoint as ckpt
 from dcspass.training.checkpoint import load_model, save_checkpoint
 
+from ._tiny import tiny_config
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 needs_fmnist = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="needs dataset-fashion-mnist")
 
 
 def _config(**kw) -> TrainConfig:
-    base = dict(
-        arch="resnet18",
-        in_channels=1,
-        width=4,
-        dataset="fashion_mnist",
-        method="gsat",
-        policy="index:6",
-        batch_size=16,
-        lr=0.05,
-        attack_steps=2,
-        eval_steps=2,
-        eval_examples=8,
-        epochs=2,
-        samples_per_epoch=48,
-        milestones=[1],
-        seed=3,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    """Two short epochs with an lr step between them, so resuming crosses a scheduler milestone."""
+    resumable = dict(batch_size=16, eval_examples=8, epochs=2, samples_per_epoch=48, milestones=[1], seed=3)
+    return tiny_config(**{**resumable, **kw})
 
 
 @pytest.fixture(scope="module")

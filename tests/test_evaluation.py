@@ -246,7 +246,15 @@ def test_small_run_of_both_protocols_writes_valid_report(trained, fmnist_test, t
     for acc in paper.values():
         assert 0 <= acc["mean"] <= 1 and acc["repeats"] == 2 and len(acc["per_repeat"]) == 2
     adaptive = data["adaptive"]["accuracies"]
-    expected = {"clean", "EOT-PGD", "APGD-CE (EOT)", "APGD-DLR (EOT)", "exact expectation", "Square (EOT)"}
+    expected = {
+        "clean",
+        "PGD (one frozen draw)",
+        "EOT-PGD",
+        "APGD-CE (EOT)",
+        "APGD-DLR (EOT)",
+        "exact expectation",
+        "Square (EOT)",
+    }
     assert expected | {"transfer", "known taps", "AutoAttack rand", "worst case"} == set(adaptive)
     for acc in adaptive.values():
         assert 0 <= acc["all_correct"] <= acc["mean"] <= 1 and acc["draws"] == 4

@@ -10,37 +10,18 @@ import dcspass
 from dcspass.data import FASHION_MNIST_DIR, fashion_mnist_tensors
 from dcspass.training import GSAT, TrainConfig, build_network, make_method, train
 
+from ._tiny import tiny_config
+
 pytestmark = [
     pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="needs dataset-fashion-mnist"),
     pytest.mark.usefixtures("one_thread"),
 ]
 
 
-def _config(method: str, **kw) -> TrainConfig:
-    base = dict(
-        arch="resnet18",
-        in_channels=1,
-        width=4,
-        dataset="fashion_mnist",
-        method=method,
-        policy="index:6" if method == "gsat" else None,
-        n=2,
-        k=5,
-        batch_size=32,
-        lr=0.05,
-        attack_steps=2,
-        eval_steps=2,
-        eval_examples=16,
-        epochs=1,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
-
-
 @pytest.mark.parametrize("method", ["clean", "pgd_at", "gsat"])
 def test_method_takes_real_steps_and_loss_falls(method):
     torch.manual_seed(0)
-    cfg = _config(method)
+    cfg = tiny_config(method)
     net = build_network(cfg)
     strategy = make_method(method, cfg.eps, cfg.alpha, cfg.attack_steps)
     strategy.bind(net)
@@ -60,7 +41,7 @@ def test_method_takes_real_steps_and_loss_falls(method):
 
 def test_gsat_training_taps_never_meet_the_attack_taps():
     torch.manual_seed(1)
-    cfg = _config("gsat", n=3, check_bounds=False)  # n=3 makes a chance overlap likelier
+    cfg = tiny_config("gsat", n=3, check_bounds=False)  # n=3 makes a chance overlap likelier
     net = build_network(cfg)
     strategy = GSAT(cfg.eps, cfg.alpha, steps=2)
     strategy.bind(net)
@@ -80,7 +61,7 @@ def test_gsat_training_taps_never_meet_the_attack_taps():
 
 def test_gsat_attack_keeps_one_draw_for_all_pgd_iterations():
     torch.manual_seed(2)
-    net = build_network(_config("gsat"))
+    net = build_network(tiny_config("gsat"))
     strategy = GSAT(steps=3)
     strategy.bind(net)
     layer = dict(dcspass.dcs_layers(net))["layer2.0.conv1"]
@@ -105,7 +86,10 @@ def test_train_loop_runs_an_epoch_and_logs(capsys, tmp_path):
     x, y = fashion_mnist_tensors(train=True, limit=64)
     xe, ye = fashion_mnist_tensors(train=False, limit=16)
     result = train(
-        _config("gsat", samples_per_epoch=64), TensorDataset(x, y), TensorDataset(xe, ye), tmp_path / "ck.pt"
+        tiny_config("gsat", samples_per_epoch=64),
+        TensorDataset(x, y),
+        TensorDataset(xe, ye),
+        tmp_path / "ck.pt",
     )
     assert result.completed and (tmp_path / "ck.pt").is_file()
     (record,) = result.history

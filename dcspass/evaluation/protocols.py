@@ -221,6 +221,13 @@ def adaptive_attacks(ctx: EvalContext) -> dict[str, tuple[str, AttackFn, bool]]:
     )
     eot_square = ExpectedModel(m, runner, draws=b.square_eot)
     attacks: dict[str, tuple[str, AttackFn, bool]] = {
+        # The paper protocol's attack, re-scored on K fresh draws: a candidate like any other, so the
+        # worst case can never be weaker than the attack the paper reports.
+        "PGD (one frozen draw)": (
+            f"PGD, {b.pgd_steps} steps, on one frozen draw of taps (the paper's attack)",
+            under_one_draw(m, pgd(m, eps, b.pgd_steps)),
+            True,
+        ),
         "EOT-PGD": (
             f"PGD on E[softmax] over {b.eot_samples} batched draws per step, {b.eot_steps} steps",
             pgd(eot, eps, b.eot_steps),
@@ -255,6 +262,16 @@ def adaptive_attacks(ctx: EvalContext) -> dict[str, tuple[str, AttackFn, bool]]:
             True,
         )
     return attacks
+
+
+def under_one_draw(model: nn.Module, attack: AttackFn) -> AttackFn:
+    """``attack`` run with one draw of taps frozen for all its iterations (a fresh draw per call)."""
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with frozen_if_random(model):
+            return attack(x, y)
+
+    return run
 
 
 def known_taps_batch(
