@@ -57,7 +57,9 @@ class DCSConv2d(nn.Module):
         super().__init__()
         kh, kw = pair(kernel_size, "kernel_size")
         if kh != kw or kh < 1:
-            raise ConfigError(f"DCSConv2d needs a square kernel k x k with k >= 1, got kernel_size={kernel_size!r}")
+            raise ConfigError(
+                f"DCSConv2d needs a square kernel k x k with k >= 1, got kernel_size={kernel_size!r}"
+            )
         k = kh
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= k * k:
             raise ConfigError(f"n must be an int with 1 <= n <= k*k = {k * k}, got n={n!r}")
@@ -125,9 +127,8 @@ class DCSConv2d(nn.Module):
         if unbatched:
             x = x.unsqueeze(0)
         check_conv_shapes(x, self.weight, self.bias, self.groups, padding, self.stride, self.dilation)
-        y = _op.dcs_conv2d(
-            x, self.weight, self.bias, taps, list(self.stride), list(padding), list(self.dilation), self.groups
-        )
+        geometry = (list(self.stride), list(padding), list(self.dilation), self.groups)
+        y = _op.dcs_conv2d(x, self.weight, self.bias, taps, *geometry)
         return (y.squeeze(0) if unbatched else y), taps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
