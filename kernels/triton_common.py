@@ -31,6 +31,18 @@ INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # tl.dot needs every block dimension to be at least 16 on the GPU.
 MIN_DOT_BLOCK = 16
 
+# Autotuning of the two implicit GEMMs (forward, and grad-input with C_in and C_out swapped): a few
+# tile shapes around the sizes of CNN layers (C_in/groups and C_out/groups of 32..640, M in the tens of
+# thousands). The interpreter gets one config: it would time every config.
+GEMM_GPU_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=3),
+]
+GEMM_INTERPRETER_CONFIGS = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 16})]
+GEMM_CONFIGS = GEMM_INTERPRETER_CONFIGS if INTERPRETING else GEMM_GPU_CONFIGS
+
 # Element offsets are computed in int32 inside the kernels.
 INT32_LIMIT = 2**31 - 1
 

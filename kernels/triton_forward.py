@@ -25,7 +25,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from .triton_common import (
-    INTERPRETING,
+    GEMM_CONFIGS,
     dot_acc,
     fits_int32,
     input_precision,
@@ -36,19 +36,8 @@ from .triton_common import (
 
 __all__ = ["dcs_forward", "dcs_forward_kernel"]
 
-# Autotuning: a few tile shapes around the sizes of CNN layers (C_in/groups and C_out/groups of
-# 32..640, M in the tens of thousands). The interpreter gets one config: it would time every config.
-GPU_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-]
-INTERPRETER_CONFIGS = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 16})]
 
-
-@triton.autotune(configs=INTERPRETER_CONFIGS if INTERPRETING else GPU_CONFIGS,
-                 key=["M_TOTAL", "C_IN_G", "C_OUT_G", "N_TAPS"])
+@triton.autotune(configs=GEMM_CONFIGS, key=["M_TOTAL", "C_IN_G", "C_OUT_G", "N_TAPS"])
 @triton.jit
 def dcs_forward_kernel(
     x_ptr, w_ptr, bias_ptr, taps_ptr, out_ptr,

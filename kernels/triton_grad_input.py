@@ -25,7 +25,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from .triton_common import (
-    INTERPRETING,
+    GEMM_CONFIGS,
     dot_acc,
     fits_int32,
     input_precision,
@@ -39,18 +39,8 @@ __all__ = ["dcs_grad_input", "dcs_grad_input_kernel"]
 # CUDA limits grid axes 1 and 2 to this many programs; axis 2 holds groups x stride phases.
 MAX_GRID_YZ = 65535
 
-# Autotuning as in the forward (same GEMM shapes with C_in and C_out swapped); one config interpreted.
-GPU_CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 256, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=8, num_stages=3),
-]
-INTERPRETER_CONFIGS = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 16})]
 
-
-@triton.autotune(configs=INTERPRETER_CONFIGS if INTERPRETING else GPU_CONFIGS,
-                 key=["B", "H", "W", "C_IN_G", "C_OUT_G", "N_TAPS"])
+@triton.autotune(configs=GEMM_CONFIGS, key=["B", "H", "W", "C_IN_G", "C_OUT_G", "N_TAPS"])
 @triton.jit
 def dcs_grad_input_kernel(
     go_ptr, w_ptr, taps_ptr, gx_ptr,
