@@ -21,6 +21,7 @@ This file is the CPU path and the reference for other backends; it is also corre
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -77,8 +78,9 @@ def tap_windows(
     return windows, partial
 
 
-def _is_depthwise(weight: torch.Tensor, groups: int) -> bool:
-    return weight.shape[1] == 1 and weight.shape[0] == groups
+def _is_depthwise(weight_shape: Sequence[int], groups: int) -> bool:
+    """One input channel per group and one output channel per group."""
+    return weight_shape[1] == 1 and weight_shape[0] == groups
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -138,7 +140,8 @@ def _gather_cols_nchw(x: torch.Tensor, windows: list[TapWindow], partial: bool, 
 
 
 def _batched(weight_groups: torch.Tensor, batch: int) -> torch.Tensor:
-    """``[g, R, C]`` -> ``[batch*g, R, C]`` as a stride-0 view (bmm reads it without a copy)."""
+    """``[g, R, C]`` -> ``[batch*g, R, C]``: a stride-0 view for g == 1 (bmm reads it without a copy);
+    for g > 1 the batch and group dims cannot merge into one stride, so reshape copies (small: weights)."""
     g = weight_groups.shape[0]
     return (
         weight_groups.unsqueeze(0).expand(batch, -1, -1, -1).reshape(batch * g, *weight_groups.shape[1:])
@@ -154,7 +157,7 @@ def dcs_forward(x, weight, bias, taps, stride, padding: Pads, dilation, groups: 
     hw_out = output_hw(h, w, k, stride, padding, dilation)
     windows, partial = tap_windows(taps.tolist(), k, (h, w), hw_out, stride, padding, dilation)
     fmt = _memory_format(x)
-    if _is_depthwise(weight, groups):
+    if _is_depthwise(weight.shape, groups):
         out = torch.empty((b, c_out, *hw_out), dtype=x.dtype, device=x.device, memory_format=fmt).zero_()
         wt = weight.flatten(1).index_select(1, taps)  # [C, n]
         for win in windows:
@@ -198,7 +201,7 @@ def dcs_grad_input(grad_out, x_shape, x_format, weight, taps, stride, padding: P
     k = weight.shape[-1]
     hw_out = tuple(grad_out.shape[-2:])
     windows, _ = tap_windows(taps.tolist(), k, (h, w), hw_out, stride, padding, dilation)
-    if _is_depthwise(weight, groups):
+    if _is_depthwise(weight.shape, groups):
         gx = torch.empty(
             x_shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=x_format
         ).zero_()
@@ -242,7 +245,7 @@ def dcs_grad_weight(grad_out, x, weight_shape, taps, stride, padding: Pads, dila
     n = len(windows)
     grad_weight = torch.zeros(weight_shape, dtype=grad_out.dtype, device=grad_out.device)
     gw = grad_weight.view(c_out, cg, k * k)  # tap-indexed view of the result
-    if cg == 1 and c_out == groups:  # depthwise
+    if _is_depthwise(weight_shape, groups):
         for win in windows:
             if not win.empty():
                 prod = grad_out[:, :, win.out_rows, win.out_cols] * x[:, :, win.in_rows, win.in_cols]
