@@ -136,14 +136,20 @@ def dcs_conv2d_grad_weight_triton(
     )
 
 
-# The backend module contract of kernels.op: the signatures of kernels.cpu.
+# The backend module contract of kernels.op: the signatures of kernels.cpu. Eager calls launch the
+# kernels themselves, not through the triton_ops: an eager call of a triton_op dispatches a second
+# custom op, and wrap_triton outside a trace dispatches a higher-order op per launch. On an H100
+# (torch 2.11, benchmarks/op_gpu_overhead.py) a direct call of the forward launcher through wrap_triton
+# cost 0.81 ms of host time for a 12 us kernel.
 
 
 def dcs_forward(x, weight, bias, taps, stride, padding, dilation, groups: int) -> Tensor:
     """``kernels.cpu.dcs_forward`` on the Triton kernel when the launcher supports the call."""
     if not triton_forward.supports(x, weight):
         return cpu.dcs_forward(x, weight, bias, taps, stride, padding, dilation, groups)
-    return dcs_conv2d_triton(x, weight, bias, taps, list(stride), list(padding), list(dilation), groups)
+    return triton_forward.dcs_forward(
+        x, weight, bias, taps, tuple(stride), tuple(padding), tuple(dilation), groups, traceable=False
+    )
 
 
 def dcs_grad_input(grad_out, x_shape, x_format, weight, taps, stride, padding, dilation, groups: int):
@@ -152,9 +158,9 @@ def dcs_grad_input(grad_out, x_shape, x_format, weight, taps, stride, padding, d
         return cpu.dcs_grad_input(
             grad_out, x_shape, x_format, weight, taps, stride, padding, dilation, groups
         )
-    return dcs_conv2d_grad_input_triton(
-        grad_out, list(x_shape), x_format == torch.channels_last, weight, taps, list(stride), list(padding),
-        list(dilation), groups,
+    return triton_grad_input.dcs_grad_input(
+        grad_out, tuple(x_shape), x_format, weight, taps, tuple(stride), tuple(padding), tuple(dilation),
+        groups, traceable=False,
     )
 
 
@@ -162,8 +168,9 @@ def dcs_grad_weight(grad_out, x, weight_shape, taps, stride, padding, dilation, 
     """``kernels.cpu.dcs_grad_weight`` on the Triton kernel when the launcher supports the call."""
     if not triton_grad_weight.supports(grad_out, x):
         return cpu.dcs_grad_weight(grad_out, x, weight_shape, taps, stride, padding, dilation, groups)
-    return dcs_conv2d_grad_weight_triton(
-        grad_out, x, list(weight_shape), taps, list(stride), list(padding), list(dilation), groups
+    return triton_grad_weight.dcs_grad_weight(
+        grad_out, x, tuple(weight_shape), taps, tuple(stride), tuple(padding), tuple(dilation), groups,
+        traceable=False,
     )
 
 

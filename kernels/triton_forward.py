@@ -121,11 +121,16 @@ def dcs_forward(
     padding: tuple[int, int, int, int],
     dilation: tuple[int, int],
     groups: int,
+    *,
+    traceable: bool = True,
 ) -> torch.Tensor:
     """Launch the forward kernel: ``[B, C_in, H, W] -> [B, C_out, H_out, W_out]``, x's memory format.
 
     Same contract as ``kernels.cpu.dcs_forward``: ``weight`` is the full ``[C_out, C_in/groups, k, k]``
     kernel, ``taps`` LongTensor ``[n]``, ``padding`` ``(left, right, top, bottom)``.
+
+    ``traceable``: launch through ``wrap_triton`` (the ``triton_op`` bodies, which torch.compile traces);
+    False launches the kernel itself, for eager calls (why: ``kernels.triton_backend``).
     """
     b, _, h, w = x.shape
     c_out, c_in_g, k, _ = weight.shape
@@ -144,7 +149,7 @@ def dcs_forward(
     def grid(meta):
         return (triton.cdiv(m_total, meta["BLOCK_M"]), triton.cdiv(c_out_g, meta["BLOCK_N"]), grid_groups)
 
-    wrap_triton(dcs_forward_kernel)[grid](
+    (wrap_triton(dcs_forward_kernel) if traceable else dcs_forward_kernel)[grid](
         x, w_taps, bias if bias is not None else w_taps, taps, out,
         m_total, h, w, h_out, w_out, c_in_g, c_out_g, taps.numel(), k,
         stride[0], stride[1], top, left, dilation[0], dilation[1],

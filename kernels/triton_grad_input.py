@@ -131,10 +131,15 @@ def dcs_grad_input(
     padding: tuple[int, int, int, int],
     dilation: tuple[int, int],
     groups: int,
+    *,
+    traceable: bool = True,
 ) -> torch.Tensor:
     """Launch the grad-input kernel: ``grad_out [B, C_out, H_out, W_out] -> [B, C_in, H, W]`` in ``x_format``.
 
     Same contract as ``kernels.cpu.dcs_grad_input``.
+
+    ``traceable``: launch through ``wrap_triton`` (the ``triton_op`` bodies, which torch.compile traces);
+    False launches the kernel itself, for eager calls (why: ``kernels.triton_backend``).
     """
     b, c_in, h, w = x_shape
     c_out, c_in_g, k, _ = weight.shape
@@ -151,7 +156,7 @@ def dcs_grad_input(
         return (triton.cdiv(phase_rows, meta["BLOCK_M"]), triton.cdiv(c_in_cols, meta["BLOCK_N"]),
                 grid_groups * stride[0] * stride[1])
 
-    wrap_triton(dcs_grad_input_kernel)[grid](
+    (wrap_triton(dcs_grad_input_kernel) if traceable else dcs_grad_input_kernel)[grid](
         grad_out, w_taps, taps, grad_x,
         b, h, w, h_out, w_out, c_in_cols, c_out_g, taps.numel(), k,
         stride[0], stride[1], top, left, dilation[0], dilation[1],

@@ -145,10 +145,15 @@ def dcs_grad_weight(
     padding: tuple[int, int, int, int],
     dilation: tuple[int, int],
     groups: int,
+    *,
+    traceable: bool = True,
 ) -> torch.Tensor:
     """Launch the grad-weight kernel: the full ``[C_out, C_in/groups, k, k]`` gradient, zero off the taps.
 
     Same contract as ``kernels.cpu.dcs_grad_weight``; the result has ``grad_out``'s dtype.
+
+    ``traceable``: launch through ``wrap_triton`` (the ``triton_op`` bodies, which torch.compile traces);
+    False launches the kernel itself, for eager calls (why: ``kernels.triton_backend``).
     """
     c_out, c_in_g, k, _ = weight_shape
     b, _, h, w = x.shape
@@ -167,7 +172,8 @@ def dcs_grad_weight(
     splits = _split_count(x.device, tiles * n * grid_groups, m_total)
     partials = torch.empty((splits, n, c_out, c_in_g), dtype=torch.float32, device=x.device)
 
-    wrap_triton(dcs_grad_weight_kernel)[(tiles, n * grid_groups, splits)](
+    grid = (tiles, n * grid_groups, splits)
+    (wrap_triton(dcs_grad_weight_kernel) if traceable else dcs_grad_weight_kernel)[grid](
         grad_out, x, taps, partials,
         m_total, splits, h, w, h_out, w_out, c_in_g, c_out_g, n, k,
         stride[0], stride[1], top, left, dilation[0], dilation[1],
