@@ -271,6 +271,66 @@ def test_small_run_of_both_protocols_writes_valid_report(trained, fmnist_test, t
     assert (out / "sweeps.png").stat().st_size > 1000 and (out / "cosine.png").stat().st_size > 1000
 
 
+class BatchNormNet(nn.Module):
+    """Conv-BN -> (DCS or plain) conv-BN -> linear: a model whose training mode changes its outputs."""
+
+    def __init__(self, dcs: bool = True) -> None:
+        super().__init__()
+        self.c0, self.b0 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.mid = dcspass.DCSConv2d(8, 16, 5, n=2, stride=2, padding=2) if dcs else nn.Conv2d(8, 16, 3, 2, 1)
+        self.b1 = nn.BatchNorm2d(16)
+        self.head = nn.Linear(16 * 14 * 14, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.b0(self.c0(x)))
+        return self.head(F.relu(self.b1(self.mid(h))).flatten(1))
+
+
+def _trained_batchnorm_net(dcs: bool) -> nn.Module:
+    torch.manual_seed(0)
+    x, y = fashion_mnist_tensors(train=True, limit=1000)
+    model = BatchNormNet(dcs)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    for i in range(0, x.shape[0], 50):
+        opt.zero_grad()
+        F.cross_entropy(model(x[i : i + 50]), y[i : i + 50]).backward()
+        opt.step()
+    return model.eval()
+
+
+def test_evaluation_leaves_the_model_in_eval_mode_and_its_buffers_untouched(fmnist_test):
+    """Attacks that restore "the mode they found" on a wrapper must not switch the model to training:
+    BatchNorm would then use batch statistics and overwrite its running statistics."""
+    model = _trained_batchnorm_net(dcs=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = fmnist_test[0][:8], fmnist_test[1][:8]
+    evaluate(model, _loader(x, y, batch=4), protocol="both", budget="smoke")
+    assert not any(m.training for m in model.modules())
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), f"{name} changed during the evaluation"
+
+
+def test_worst_case_of_a_deterministic_model_is_the_per_example_minimum(fmnist_test):
+    """Without randomness every verdict is exact, so the worst case must be the per-example minimum
+    over the attacks it draws from: no worse than the strongest of them, and never above any."""
+    model = _trained_batchnorm_net(dcs=False)
+    x, y = fmnist_test[0][:8], fmnist_test[1][:8]  # the smoke budget's 8 images
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = evaluate(model, _loader(x, y), protocol="adaptive", budget="smoke", analyses=False)
+    acc = report.adaptive.accuracies
+    members = [
+        name for name in acc if name not in ("clean", "known taps", "AutoAttack rand", "worst case")
+    ]
+    per_example = torch.full((len(members), 8), float("inf"))
+    for i, name in enumerate(members):
+        values = torch.tensor(acc[name].per_example)
+        per_example[i, : values.numel()] = values
+    expected = per_example.min(0).values
+    assert torch.equal(torch.tensor(acc["worst case"].per_example), expected)
+    assert acc["worst case"].mean <= min(acc[name].mean for name in members)
+
+
 # -- bad input ------------------------------------------------------------------------------------
 
 

@@ -42,7 +42,8 @@ class ExpectedModel(nn.Module):
     """The expected classifier ``x -> log E_taps[softmax(model(x))]``, ``[B, classes]``.
 
     Args:
-        model: the DCS model (a submodule here, so torchattacks finds its device and mode).
+        model: the DCS model (a submodule here, so torchattacks finds its device; its mode is left
+            alone, see ``train``).
         runner: the ``DrawRunner`` of ``model``.
         draws: fresh draws per forward (EOT samples), or
         tap_sets: ``[M, n]`` tap sets of the first DCS layer to average over at every forward (exact).
@@ -56,6 +57,18 @@ class ExpectedModel(nn.Module):
         self.runner = runner
         self.draws = draws
         self.tap_sets = tap_sets
+        self.training = model.training
+
+    def train(self, mode: bool = True) -> ExpectedModel:
+        """Set this wrapper's flag only; the wrapped model's mode belongs to the caller.
+
+        torchattacks switches the model it is given to eval for an attack and then back to the mode
+        it found. A wrapper that passed ``train()`` on (``nn.Module``'s default) would leave the
+        evaluated model in training mode after the first attack: batch statistics in every later
+        forward, and its BatchNorm running statistics overwritten.
+        """
+        self.training = mode
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sets = TapSets.given(self.tap_sets) if self.tap_sets is not None else TapSets.sample(self.draws)
