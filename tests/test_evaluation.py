@@ -319,9 +319,7 @@ def test_worst_case_of_a_deterministic_model_is_the_per_example_minimum(fmnist_t
         warnings.simplefilter("ignore")
         report = evaluate(model, _loader(x, y), protocol="adaptive", budget="smoke", analyses=False)
     acc = report.adaptive.accuracies
-    members = [
-        name for name in acc if name not in ("clean", "known taps", "AutoAttack rand", "worst case")
-    ]
+    members = [name for name in acc if name not in ("clean", "known taps", "AutoAttack rand", "worst case")]
     per_example = torch.full((len(members), 8), float("inf"))
     for i, name in enumerate(members):
         values = torch.tensor(acc[name].per_example)
