@@ -18,7 +18,7 @@ from dcspass.evaluation import Budget, evaluate, get_budget
 from dcspass.evaluation.analyses import overlap_classes
 from dcspass.evaluation.attacks import ExpectedModel, pgd
 from dcspass.evaluation.draws import DrawRunner, TapSets, all_tap_sets
-from dcspass.evaluation.protocols import EvalContext, known_taps_batch
+from dcspass.evaluation.protocols import EvalContext, known_taps_batch, selection_draws
 
 
 class TinyDCSNet(nn.Module):
@@ -327,6 +327,16 @@ def test_worst_case_of_a_deterministic_model_is_the_per_example_minimum(fmnist_t
     expected = per_example.min(0).values
     assert torch.equal(torch.tensor(acc["worst case"].per_example), expected)
     assert acc["worst case"].mean <= min(acc[name].mean for name in members)
+
+
+def test_selection_draws_are_fresh_and_only_for_random_models(trained, fmnist_test):
+    x, y = fmnist_test[0][:6], fmnist_test[1][:6]
+    ctx = _ctx(trained)
+    (first,) = selection_draws(ctx, x, y)
+    assert first.shape == (ctx.budget.select_draws, 6) and first.dtype == torch.bool
+    plain = TinyDCSNet(dcs=False)
+    plain.load_state_dict(trained.state_dict())
+    assert selection_draws(_ctx(plain.eval()), x, y) == []
 
 
 # -- bad input ------------------------------------------------------------------------------------

@@ -34,6 +34,9 @@ class Budget:
         known_steps, transfer_steps: known-taps and transfer PGD.
         square_queries, square_eot: Square with EOT.
         score_draws: K, fresh draws each adversarial example is scored on.
+        select_draws: extra fresh draws, beyond the K scoring ones, on which the derived rows
+            (AutoAttack rand, worst case) choose per example among the attacks' inputs; the chosen
+            input is then scored on K new draws, so the choice's noise does not bias the number.
         sweep_steps, sweep_eps, sweep_eot, sweep_examples: accuracy-vs-attack-strength curves (Fig. 3).
         cosine_examples, cosine_pairs: gradient cosine-similarity analysis (Fig. 4).
     """
@@ -62,6 +65,7 @@ class Budget:
     square_queries: int = 5000
     square_eot: int = 20
     score_draws: int = 20
+    select_draws: int = 20
     sweep_steps: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
     sweep_eps: tuple[float, ...] = (2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255)
     sweep_eot: tuple[int, ...] = (1, 2, 5, 10, 20)
@@ -74,7 +78,7 @@ class Budget:
         return (
             f"budget={self.name}: {self.examples} images, paper x{self.repeats} repeats, "
             f"EOT-PGD {self.eot_steps} steps x {self.eot_samples} draws, APGD {self.apgd_steps} it. "
-            f"EOT {self.apgd_eot}, K={self.score_draws} scoring draws"
+            f"EOT {self.apgd_eot}, K={self.score_draws} scoring draws (+{self.select_draws} to select)"
         )
 
     def to_dict(self) -> dict:
@@ -111,6 +115,7 @@ BUDGETS: dict[str, Budget] = {
         square_queries=20,
         square_eot=2,
         score_draws=8,
+        select_draws=24,
         sweep_steps=(1, 10),
         sweep_eps=(8 / 255, 64 / 255),
         sweep_eot=(1, 8),
@@ -144,6 +149,7 @@ BUDGETS: dict[str, Budget] = {
         square_queries=10,
         square_eot=2,
         score_draws=4,
+        select_draws=4,
         sweep_steps=(1, 3),
         sweep_eps=(8 / 255, 64 / 255),
         sweep_eot=(1, 2),

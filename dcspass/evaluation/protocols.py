@@ -5,7 +5,8 @@
 - adaptive protocol: attacks see the tap distribution (EOT over batched draws, the exact expectation
   over every tap set, Square judged on the average of many forwards), plus known-taps and transfer;
   every adversarial input is scored on K fresh draws, and per example the worst input over the
-  attacks is kept by its expected accuracy over those draws, then re-scored on K new draws.
+  attacks is kept by its expected accuracy over those draws and ``budget.select_draws`` more, then
+  re-scored on K new draws.
 """
 
 from __future__ import annotations
@@ -288,6 +289,19 @@ def known_taps_batch(
     return adv, v, taps
 
 
+def selection_draws(ctx: EvalContext, adv: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    """Verdicts ``[select_draws, N]`` of fresh draws used only to choose among attacks (none when
+    the model is deterministic: every draw would agree with the scoring ones)."""
+    if not ctx.randomized or ctx.budget.select_draws == 0:
+        return []
+    parts = []
+    for xb, yb in batches(adv, y, ctx.budget.batch_size):
+        v, bad = score_draws(ctx.runner, xb, yb, ctx.budget.select_draws)
+        ctx.nonfinite += bad
+        parts.append(v)
+    return [torch.cat(parts, 1)]
+
+
 def run_adaptive(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> ProtocolResult:
     """Every adaptive attack, scored on K fresh draws; AutoAttack-rand and the per-example worst case derived.
 
@@ -342,7 +356,13 @@ def run_adaptive(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> Protocol
     result.descriptions["known taps"] = (
         f"PGD, {b.known_steps} steps, one draw frozen for attack and prediction (the damage if a draw leaks)"
     )
-    # Derived rows: per example the input with the lowest expected accuracy, re-scored on fresh draws.
+    # Derived rows: per example the input with the lowest expected accuracy over the K scoring draws
+    # and ``select_draws`` more, re-scored on K fresh draws. Choosing on the scoring draws alone is
+    # noisy at small K, and scoring the choice on the draws it was chosen on would bias it downwards.
+    select = {
+        m: torch.cat([verdicts[m], *selection_draws(ctx, candidates[m], y[: candidates[m].shape[0]])])
+        for m in candidates
+    }
     for name, members, description in (
         (
             "AutoAttack rand",
@@ -359,12 +379,15 @@ def run_adaptive(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> Protocol
         advs = x.unsqueeze(0).repeat(len(members), *[1] * x.dim())
         for i, m in enumerate(members):
             n = candidates[m].shape[0]
-            acc[i, :n] = verdicts[m].float().mean(0)
+            acc[i, :n] = select[m].float().mean(0)
             advs[i, :n] = candidates[m]
         pick = acc.argmin(0)
         chosen = advs[pick, torch.arange(x.shape[0], device=x.device)]
         verdicts[name] = torch.cat([scored(xb, yb) for xb, yb in batches(chosen, y, b.batch_size)], 1)
-        result.descriptions[name] = description + ", by expected accuracy, re-scored on K fresh draws"
+        result.descriptions[name] = description + (
+            f", by expected accuracy over {k + b.select_draws if ctx.randomized else k} draws, "
+            "re-scored on K fresh draws"
+        )
     for name, v in verdicts.items():
         result.accuracies[name] = summarize(v)
     return result
