@@ -3,7 +3,9 @@
 A recipe is a ``RecipeSpec`` (network, datasets, DCS placements, the paper's hyperparameters, and its
 CPU-scale embedded default) handed to ``run``. ``run`` trains the plain PGD-AT baseline and the
 DCS + GSAT network with the same data, seed and schedule, evaluates both, and writes
-``OUT/results.json``, ``OUT/results.md`` and ``OUT/curves.png`` (rank 0 only under torchrun).
+``OUT/results.json``, ``OUT/results.md`` and ``OUT/curves.png`` (rank 0 only under torchrun). With
+``--fig4a`` (the default) it also trains the DCS network with PGD-AT and with clean training and
+compares the three (``OUT/fig4a.png``).
 """
 
 from __future__ import annotations
@@ -95,6 +97,13 @@ def build_parser(spec: RecipeSpec) -> argparse.ArgumentParser:
         "--quick-eval",
         action="store_true",
         help="only the clean + PGD-20 table, not dcspass.evaluate's protocols",
+    )
+    p.add_argument(
+        "--fig4a",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train the DCS network with PGD-AT and with clean training, and compare the gradient "
+        "similarity between draws of all three DCS networks (the paper's Fig. 4a; fig4a.png)",
     )
     return p
 
@@ -238,6 +247,24 @@ def evaluate_pair(
     return results
 
 
+FIG4A_LABELS = {"dcs": "DCS + GSAT", "dcs_at": "DCS + PGD-AT", "dcs_clean": "DCS + clean training"}
+
+
+def fig4a(
+    runs: dict[str, TrainResult], test_set: Dataset, budget: str, out: Path, device: torch.device, seed: int
+) -> dict[str, Any]:
+    """The paper's Fig. 4a: gradient cosine similarity between draws and clean accuracy of the same DCS
+    network trained three ways, on the same test images; writes ``OUT/fig4a.png``."""
+    from dcspass.evaluation import compare_gradient_cosine, get_budget, plot_cosine_comparison
+
+    count = min(get_budget(budget).cosine_examples, len(test_set))
+    x, y = next(iter(DataLoader(Subset(test_set, range(count)), batch_size=count)))
+    models = {label: runs[key].net for key, label in FIG4A_LABELS.items()}
+    results = compare_gradient_cosine(models, x, y, budget=budget, seed=seed, device=device)
+    plot_cosine_comparison(results, out / "fig4a.png")
+    return results
+
+
 def _mean_epoch_seconds(result: TrainResult) -> float:
     times = [h["seconds"] for h in result.history]
     return sum(times) / max(len(times), 1)
@@ -265,6 +292,19 @@ def _write_markdown(path: Path, payload: dict[str, Any]) -> None:
             f"{runs[key]['seconds_per_epoch']:.1f} | {runs[key]['epochs_done']} |"
         )
     lines += ["", f"Training time ratio (GSAT / PGD-AT, per epoch): {payload['time_ratio']:.2f}x", ""]
+    fig4a_results = payload["evaluation"].get("fig4a")
+    if fig4a_results:
+        from dcspass.evaluation.comparison import cosine_comparison_markdown
+
+        lines += [
+            "## Gradient similarity between two draws, by training method (Fig. 4a)",
+            "",
+            "Cosine similarity of the input gradient under two draws of taps (mean +- std over images), "
+            "overall and split by tap overlap at the first DCS layer, and clean accuracy; `fig4a.png`.",
+            "",
+            *cosine_comparison_markdown(fig4a_results),
+            "",
+        ]
     evaluated = payload["evaluation"].get("evaluate")
     if evaluated:
         lines += ["## dcspass.evaluate (both protocols)", ""]
@@ -320,7 +360,13 @@ def run(spec: RecipeSpec, argv: Sequence[str] | None = None) -> dict[str, Any] |
         say(f"[{spec.name}] note: {note}")
     args.out.mkdir(parents=True, exist_ok=True)
     runs = {}
-    for key, cfg, label in (("at", base_cfg, "pgd_at"), ("dcs", dcs_cfg, "gsat")):
+    trainings = [("at", base_cfg, "pgd_at"), ("dcs", dcs_cfg, "gsat")]
+    if args.fig4a:  # the same DCS network, trained as the paper's Fig. 4a compares it
+        trainings += [
+            ("dcs_at", replace(dcs_cfg, method="pgd_at"), "dcs_pgd_at"),
+            ("dcs_clean", replace(dcs_cfg, method="clean"), "dcs_clean"),
+        ]
+    for key, cfg, label in trainings:
         runs[key] = train(
             cfg,
             train_set,
@@ -346,6 +392,9 @@ def run(spec: RecipeSpec, argv: Sequence[str] | None = None) -> dict[str, Any] |
         base_cfg.alpha,
         full=not args.quick_eval,
     )
+    if args.fig4a:
+        say(f"[{spec.name}] Fig. 4a: gradient similarity of DCS + GSAT, DCS + PGD-AT, DCS + clean training")
+        evaluation["fig4a"] = fig4a(runs, test_set, args.budget, args.out, ctx.device, args.seed)
     at_s, dcs_s = _mean_epoch_seconds(runs["at"]), _mean_epoch_seconds(runs["dcs"])
     payload = {
         "recipe": spec.name,
@@ -363,9 +412,9 @@ def run(spec: RecipeSpec, argv: Sequence[str] | None = None) -> dict[str, Any] |
                 "config": r.config.to_dict(),
                 "history": r.history,
                 "epochs_done": r.epochs_done,
-                "seconds_per_epoch": s,
+                "seconds_per_epoch": _mean_epoch_seconds(r),
             }
-            for (key, r), s in zip(runs.items(), (at_s, dcs_s), strict=True)
+            for key, r in runs.items()
         },
         "time_ratio": dcs_s / at_s if at_s > 0 else float("nan"),
         "evaluation": evaluation,

@@ -14,8 +14,8 @@ from torch import nn
 import dcspass
 from dcspass.data import fashion_mnist_tensors
 from dcspass.errors import EvaluationError
-from dcspass.evaluation import Budget, evaluate, get_budget
-from dcspass.evaluation.analyses import overlap_classes
+from dcspass.evaluation import Budget, compare_gradient_cosine, evaluate, get_budget, plot_cosine_comparison
+from dcspass.evaluation.analyses import gradient_cosine, overlap_classes
 from dcspass.evaluation.attacks import ExpectedModel, pgd
 from dcspass.evaluation.draws import DrawRunner, TapSets, all_tap_sets
 from dcspass.evaluation.protocols import EvalContext, known_taps_batch, selection_draws
@@ -337,6 +337,29 @@ def test_selection_draws_are_fresh_and_only_for_random_models(trained, fmnist_te
     plain = TinyDCSNet(dcs=False)
     plain.load_state_dict(trained.state_dict())
     assert selection_draws(_ctx(plain.eval()), x, y) == []
+
+
+def test_cosine_comparison_matches_each_models_own_analysis(trained, fmnist_test, tmp_path):
+    """Fig. 4a: each model's entry is its own gradient_cosine on the same images and seed; a model
+    without DCS layers has identical gradients under every "draw" (similarity 1, no overlap split)."""
+    x, y = fmnist_test[0][:8], fmnist_test[1][:8]
+    plain = TinyDCSNet(dcs=False)
+    plain.load_state_dict(trained.state_dict())
+    results = compare_gradient_cosine({"DCS": trained, "plain": plain.eval()}, x, y, budget="smoke", seed=3)
+    assert list(results) == ["DCS", "plain"]
+    torch.manual_seed(3)
+    own = gradient_cosine(_ctx(trained), x, y)
+    assert results["DCS"]["cosine"]["overall"]["mean"] == pytest.approx(own["overall"]["mean"], abs=1e-6)
+    assert results["DCS"]["cosine"]["s"]["mean"] == pytest.approx(1.0, abs=1e-4)  # same taps, same gradient
+    assert results["plain"]["cosine"]["overall"]["mean"] == pytest.approx(1.0, abs=1e-5)
+    assert results["plain"]["cosine"]["g"]["count"] == 0
+    with torch.no_grad():
+        plain_acc = float((plain(x).argmax(1) == y).float().mean())
+    assert results["plain"]["clean"] == results["plain"]["clean_all_correct"] == pytest.approx(plain_acc)
+    path = plot_cosine_comparison(results, tmp_path / "fig4a.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(EvaluationError, match="at least one model"):
+        compare_gradient_cosine({}, x, y)
 
 
 # -- bad input ------------------------------------------------------------------------------------

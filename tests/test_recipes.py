@@ -48,9 +48,19 @@ def test_smoke_run_writes_results(tmp_path, capsys):
         assert results["runs"][key]["epochs_done"] == 1
     assert "| DCS + GSAT |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert {"pgd_at.pt", "gsat.pt"} <= {p.name for p in tmp_path.iterdir()}
+    assert {"pgd_at.pt", "gsat.pt", "dcs_pgd_at.pt", "dcs_clean.pt"} <= {p.name for p in tmp_path.iterdir()}
+    # Fig. 4a: the same DCS network trained three ways, compared on the same images.
+    assert results["runs"]["dcs_at"]["config"]["method"] == "pgd_at"
+    assert results["runs"]["dcs_clean"]["config"]["method"] == "clean"
+    assert results["runs"]["dcs_clean"]["config"]["policy"] == "index:6"
+    fig4a = results["evaluation"]["fig4a"]
+    assert list(fig4a) == ["DCS + GSAT", "DCS + PGD-AT", "DCS + clean training"]
+    for entry in fig4a.values():
+        assert -1 <= entry["cosine"]["overall"]["mean"] <= 1 and entry["examples"] == 8
+    assert (tmp_path / "fig4a.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| DCS + clean training |" in (tmp_path / "results.md").read_text()
     out = capsys.readouterr().out
-    assert "admits n=2" in out and "[gsat] epoch 1/1" in out
+    assert "admits n=2" in out and "[gsat] epoch 1/1" in out and "[dcs_clean] epoch 1/1" in out
 
 
 def _args(spec, *argv):
