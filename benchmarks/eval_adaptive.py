@@ -135,7 +135,11 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device(args.device)
     model = _model(args, device)
-    out: dict = {"device": str(device), "torch_threads": torch.get_num_threads(), "width": args.width}
+    out: dict = {
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "width": f"from {args.checkpoint}" if args.checkpoint else args.width,
+    }
     if args.estimate:
         out["estimate"] = estimate_full(model, device, args.budget, args.examples)
     else:
