@@ -39,6 +39,10 @@ class Budget:
             input is then scored on K new draws, so the choice's noise does not bias the number.
         sweep_steps, sweep_eps, sweep_eot, sweep_examples: accuracy-vs-attack-strength curves (Fig. 3).
         cosine_examples, cosine_pairs: gradient cosine-similarity analysis (Fig. 4).
+        reference_steps, reference_targets, reference_square_queries, reference_eot: the reference
+            AutoAttack (``pyautoattack``) on the live model: iterations of every APGD and of FAB-T,
+            target classes of APGD-T and FAB-T, Square's queries (``standard``), and the forwards
+            averaged per APGD step (``rand``). The defaults are the reference settings.
     """
 
     name: str
@@ -72,6 +76,10 @@ class Budget:
     sweep_examples: int = 1000
     cosine_examples: int = 1000
     cosine_pairs: int = 4
+    reference_steps: int = 100
+    reference_targets: int = 9
+    reference_square_queries: int = 5000
+    reference_eot: int = 20
 
     def describe(self) -> str:
         """One line naming the budget and its main settings (printed beside every number)."""
@@ -122,6 +130,10 @@ BUDGETS: dict[str, Budget] = {
         sweep_examples=32,
         cosine_examples=32,
         cosine_pairs=1,
+        reference_steps=5,
+        reference_targets=1,
+        reference_square_queries=20,
+        reference_eot=4,
     ),
     # Tests: seconds on a tiny model.
     "smoke": Budget(
@@ -156,6 +168,10 @@ BUDGETS: dict[str, Budget] = {
         sweep_examples=8,
         cosine_examples=8,
         cosine_pairs=1,
+        reference_steps=2,
+        reference_targets=1,
+        reference_square_queries=10,
+        reference_eot=2,
     ),
 }
 

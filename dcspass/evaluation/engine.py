@@ -16,6 +16,7 @@ from .analyses import gradient_cosine, sweeps
 from .budget import Budget, get_budget
 from .draws import DrawRunner, n_tap_sets
 from .protocols import EvalContext, run_adaptive, run_paper
+from .reference import pyautoattack_version
 from .report import Report
 from .sanity import check_eps_to_zero, check_finite, check_gradient_free, check_monotone, check_taps_change
 
@@ -129,6 +130,8 @@ def evaluate(
         "torch": torch.__version__,
         "torchattacks": torchattacks.__version__,
     }
+    if (reference := pyautoattack_version()) is not None:
+        config["pyautoattack"] = reference
     report = Report(config=config, warnings=warnings_out)
     start = time.perf_counter()
     if protocol in ("paper", "both"):

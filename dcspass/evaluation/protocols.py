@@ -33,6 +33,7 @@ from .attacks import (
 )
 from .budget import Budget
 from .draws import DrawRunner, all_tap_sets, n_tap_sets
+from .reference import reference_attacks
 from .scoring import Accuracy, score_draws, summarize
 
 __all__ = [
@@ -211,8 +212,14 @@ def exact_tap_sets(ctx: EvalContext) -> tuple[torch.Tensor | None, str]:
     return all_tap_sets(layer), label
 
 
-def adaptive_attacks(ctx: EvalContext) -> dict[str, tuple[str, AttackFn, bool]]:
-    """name -> (description, attack, counts towards the worst case)."""
+def adaptive_attacks(
+    ctx: EvalContext, notes: list[str] | None = None
+) -> dict[str, tuple[str, AttackFn, bool]]:
+    """name -> (description, attack, counts towards the worst case).
+
+    ``notes`` receives what the reference AutoAttack rows report (its warnings, its own robust accuracy)
+    or why they were skipped.
+    """
     b, m, eps, runner = ctx.budget, ctx.model, ctx.eps, ctx.runner
     eot = ExpectedModel(m, runner, draws=b.eot_samples)
     eot_apgd = ExpectedModel(m, runner, draws=b.apgd_eot)
@@ -262,6 +269,7 @@ def adaptive_attacks(ctx: EvalContext) -> dict[str, tuple[str, AttackFn, bool]]:
             pgd(ctx.transfer_source, eps, b.transfer_steps),
             True,
         )
+    attacks.update(reference_attacks(ctx, notes if notes is not None else []))
     return attacks
 
 
@@ -311,7 +319,7 @@ def run_adaptive(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> Protocol
     b, runner, k = ctx.budget, ctx.runner, ctx.budget.score_draws
     result = ProtocolResult(ADAPTIVE_LABEL)
     torch.manual_seed(ctx.seed)
-    attacks = adaptive_attacks(ctx)
+    attacks = adaptive_attacks(ctx, result.notes)
     if not ctx.randomized:
         result.notes.append(
             "the model has no DCS layer: it is deterministic, so EOT and expectation attacks reduce to "
