@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..errors import EvaluationError
 from .attacks import AttackFn
 from .budget import Budget
 
@@ -100,7 +101,7 @@ class ReferenceAutoAttack:
         notes: list[str] | None = None,
     ) -> None:
         if version not in ROWS:
-            raise ValueError(f"version must be one of {sorted(ROWS)}, got {version!r}")
+            raise EvaluationError(f"pyautoattack version must be one of {sorted(ROWS)}, got {version!r}")
         self.model = model
         self.eps = eps
         self.version = version
