@@ -38,7 +38,8 @@ class Budget:
             (AutoAttack rand, worst case) choose per example among the attacks' inputs; the chosen
             input is then scored on K new draws, so the choice's noise does not bias the number.
         sweep_steps, sweep_eps, sweep_eot, sweep_examples: accuracy-vs-attack-strength curves (Fig. 3).
-        cosine_examples, cosine_pairs: gradient cosine-similarity analysis (Fig. 4).
+        cosine_examples, cosine_pairs: gradient cosine-similarity analysis (Fig. 4): images, and
+            pairs of draws per batch of images.
         reference_steps, reference_targets, reference_square_queries, reference_eot: the reference
             AutoAttack (``pyautoattack``) on the live model: iterations of every APGD and of FAB-T,
             target classes of APGD-T and FAB-T, Square's queries (``standard``), and the forwards
@@ -129,7 +130,7 @@ BUDGETS: dict[str, Budget] = {
         sweep_eot=(1, 8),
         sweep_examples=32,
         cosine_examples=32,
-        cosine_pairs=1,
+        cosine_pairs=16,  # 32 images are one batch: without more pairs, one draw pair decides the mean
         reference_steps=5,
         reference_targets=1,
         reference_square_queries=20,
