@@ -20,6 +20,7 @@ from dcspass.evaluation.attacks import ExpectedModel, pgd
 from dcspass.evaluation.draws import DrawRunner, TapSets, all_tap_sets
 from dcspass.evaluation.protocols import EvalContext, known_taps_batch, selection_draws
 from dcspass.evaluation.reference import ROWS, pyautoattack_version
+from dcspass.evaluation.scoring import score_draws
 
 
 class TinyDCSNet(nn.Module):
@@ -366,6 +367,30 @@ def test_cosine_comparison_matches_each_models_own_analysis(trained, fmnist_test
     assert path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(EvaluationError, match="at least one model"):
         compare_gradient_cosine({}, x, y)
+
+
+def test_scoring_draws_afresh_for_every_chunk_of_images(trained, fmnist_test):
+    """One draw serves every image it runs on; scoring draws K new tap sets per chunk of images, so a
+    row's accuracy does not hinge on K draws shared by the whole batch."""
+    calls = []
+
+    def recording_runner(x, tap_sets):
+        calls.append((x.shape[0], tap_sets.count))
+        return torch.zeros(tap_sets.count, x.shape[0], 10)
+
+    x, y = fmnist_test[0][:40], fmnist_test[1][:40]
+    verdicts, bad = score_draws(recording_runner, x, y, 5, chunk=16)
+    assert calls == [(16, 5), (16, 5), (8, 5)] and verdicts.shape == (5, 40) and bad == 0
+    assert torch.equal(verdicts, (y == 0).expand(5, 40))  # zero logits: argmax is class 0
+    # On the real model the chunks see different tap sets: the verdicts are those of separate runs.
+    torch.manual_seed(0)
+    chunked, _ = score_draws(DrawRunner(trained), x[:32], y[:32], 6, chunk=16)
+    torch.manual_seed(0)
+    runner = DrawRunner(trained)
+    with torch.no_grad():
+        first = runner(x[:16], TapSets.sample(6)).argmax(-1) == y[:16]
+        second = runner(x[16:32], TapSets.sample(6)).argmax(-1) == y[16:32]
+    assert torch.equal(chunked, torch.cat([first, second], 1))
 
 
 # -- bad input ------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Scoring adversarial examples on K fresh draws, and summarising the per-example verdicts.
 
 A randomized model has no single accuracy on an input: each draw of taps may decide differently.
-``score_draws`` returns the verdicts of K fresh draws per example; from them:
+``score_draws`` returns the verdicts of K fresh draws per example (fresh per chunk of 16 images, so
+one unlucky draw does not move a whole batch); from them:
 
 - expected accuracy: the mean over examples and draws (an estimate of the probability that one
   deployed forward classifies the adversarial input correctly);
@@ -18,14 +19,29 @@ import torch
 
 from .draws import DrawRunner, TapSets
 
-__all__ = ["Accuracy", "binomial_noise", "score_draws", "summarize"]
+__all__ = ["SCORE_CHUNK", "Accuracy", "binomial_noise", "score_draws", "summarize"]
 
 
-def score_draws(runner: DrawRunner, x: torch.Tensor, y: torch.Tensor, draws: int) -> tuple[torch.Tensor, int]:
+# Images per independent set of K draws when scoring. One draw of taps serves every image it is run
+# on, so scoring a whole batch on the same K draws makes the batch's accuracy move with the luck of
+# those K draws (a bad tap set is bad for most images). Fresh draws per chunk of images make the
+# error of a row's mean shrink with the number of images too, at the cost of more, smaller runs.
+SCORE_CHUNK = 16
+
+
+def score_draws(
+    runner: DrawRunner, x: torch.Tensor, y: torch.Tensor, draws: int, chunk: int = SCORE_CHUNK
+) -> tuple[torch.Tensor, int]:
     """Verdicts of ``draws`` fresh draws, BoolTensor ``[K, B]`` (True = correct), and the count of
-    non-finite logits (a non-finite output counts as wrong). No gradients."""
+    non-finite logits (a non-finite output counts as wrong). No gradients.
+
+    Every ``chunk`` images get their own K draws, independent of the other chunks' (see ``SCORE_CHUNK``).
+    """
+    parts = []
     with torch.no_grad():
-        logits = runner(x, TapSets.sample(draws))
+        for start in range(0, x.shape[0], chunk):
+            parts.append(runner(x[start : start + chunk], TapSets.sample(draws)))
+    logits = torch.cat(parts, 1)
     finite = torch.isfinite(logits).all(-1)
     return (logits.argmax(-1) == y) & finite, int((~finite).sum()) + int((~torch.isfinite(x)).sum())
 
