@@ -3,9 +3,11 @@
 Two measurements:
 
 1. the whole adaptive protocol (EOT-PGD 100 x 20, APGD-CE/-DLR 100 it. with EOT 20, exact expectation
-   over 300 tap sets for 100 steps, known taps, Square 5000 queries x 20 forwards, K = 20 scoring draws)
-   on ``--examples`` Fashion-MNIST test images, with the time per attack; with fewer than 1,000
-   images the 1,000-image time is extrapolated linearly and labelled so;
+   over 300 tap sets for 100 steps, known taps, Square 5000 queries x 20 forwards, pyautoattack's
+   ``standard`` and ``rand`` at the reference settings when it is installed, K = 20 scoring draws and
+   20 more for the worst-case choice; no transfer attack, which needs a second network) on
+   ``--examples`` Fashion-MNIST test images, with the time per attack; with fewer than 1,000 images
+   the 1,000-image time is extrapolated linearly and labelled so;
 2. the shared prefix: one EOT step (forward + backward over ``--draws`` draws) with the prefix before
    the first DCS layer computed once (``DrawRunner``'s torch.fx split) vs one full forward per draw.
 
@@ -96,6 +98,7 @@ def estimate_full(model: torch.nn.Module, device: torch.device, budget_name: str
         "exact_step": fb(TapSets.given(all_tap_sets(first))),
         "plain_step": fb(TapSets.sample(1)),
         "eot_forward": fwd(b.square_eot),
+        "plain_forward": fwd(1),
         "score": fwd(b.score_draws),
     }
     batches = -(-images // b.batch_size)
@@ -105,7 +108,12 @@ def estimate_full(model: torch.nn.Module, device: torch.device, budget_name: str
         "exact expectation": b.exact_steps * unit["exact_step"],
         "Square (EOT)": b.square_queries * unit["eot_forward"],
         "known taps + transfer": (b.known_steps + b.transfer_steps) * unit["plain_step"],
-        "scoring": 12 * unit["score"],
+        # pyautoattack runs the model itself, one draw per forward: no shared prefix, no batched draws.
+        "pyautoattack rand": 2 * (b.reference_steps + 1) * b.reference_eot * unit["plain_step"],
+        "pyautoattack standard": (b.reference_steps + 1) * (1 + 2 * b.reference_targets) * unit["plain_step"]
+        + b.reference_square_queries * unit["plain_forward"],
+        # 13 rows scored on K draws (clean, 10 attacks, 2 derived); 9 candidates on select_draws more.
+        "scoring": (13 + 9 * b.select_draws / b.score_draws) * unit["score"],
     }
     total = batches * sum(parts.values())
     print(f"\nEXTRAPOLATED full adaptive protocol (budget {b.name}), {images} images, {device}:")
