@@ -299,7 +299,8 @@ def _write_markdown(path: Path, payload: dict[str, Any]) -> None:
         lines += [
             "## Gradient similarity between two draws, by training method (Fig. 4a)",
             "",
-            "Cosine similarity of the input gradient under two draws of taps (mean +- std over images), "
+            "Cosine similarity of the input gradient under two draws of taps (mean +- std over images x "
+            "draw pairs), "
             "overall and split by tap overlap at the first DCS layer, and clean accuracy; `fig4a.png`.",
             "",
             *cosine_comparison_markdown(fig4a_results),
