@@ -130,7 +130,10 @@ def plot_cosine_comparison(results: Mapping[str, dict], path: str | Path) -> Pat
     ax.set_ylabel("cosine similarity of input gradients")
     ax.axhline(0, color="gray", linewidth=0.6)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    means = [r["cosine"].get(c, {}).get("mean") for r in results.values() for c in CLASSES]
+    low = min([0.0, *(m for m in means if m is not None)])
+    ax.set_ylim(low - 0.05, 1.3)  # headroom for the legend above the bars
+    ax.legend(fontsize=8, loc="upper center", ncol=len(labels))
     first = next(iter(results.values()))
     ax.set_title(
         f"Gradient similarity between two draws ({first['examples']} images, budget {first['budget']})",
