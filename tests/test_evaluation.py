@@ -59,20 +59,23 @@ def fmnist_test():
 def trained(fmnist_test):
     """A TinyDCSNet trained clean for a few seconds on Fashion-MNIST (about 70-80 % test accuracy)."""
     torch.manual_seed(0)
-    x, y = fashion_mnist_tensors(train=True, limit=2000)
-    model = TinyDCSNet()
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    for _ in range(1):
-        for i in range(0, x.shape[0], 50):
-            opt.zero_grad()
-            F.cross_entropy(model(x[i : i + 50]), y[i : i + 50]).backward()
-            opt.step()
-    model.eval()
+    model = _fit_one_epoch(TinyDCSNet(), images=2000)
     xt, yt = fmnist_test
     with torch.no_grad():
         acc = (model(xt).argmax(1) == yt).float().mean()
     assert acc > 0.6, f"fixture model did not train ({acc:.2f})"
     return model
+
+
+def _fit_one_epoch(model: nn.Module, images: int) -> nn.Module:
+    """One clean epoch of Adam on the first ``images`` Fashion-MNIST training images; eval mode after."""
+    x, y = fashion_mnist_tensors(train=True, limit=images)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    for i in range(0, x.shape[0], 50):
+        opt.zero_grad()
+        F.cross_entropy(model(x[i : i + 50]), y[i : i + 50]).backward()
+        opt.step()
+    return model.eval()
 
 
 def _loader(x, y, batch=32):
@@ -295,14 +298,7 @@ class BatchNormNet(nn.Module):
 
 def _trained_batchnorm_net(dcs: bool) -> nn.Module:
     torch.manual_seed(0)
-    x, y = fashion_mnist_tensors(train=True, limit=1000)
-    model = BatchNormNet(dcs)
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    for i in range(0, x.shape[0], 50):
-        opt.zero_grad()
-        F.cross_entropy(model(x[i : i + 50]), y[i : i + 50]).backward()
-        opt.step()
-    return model.eval()
+    return _fit_one_epoch(BatchNormNet(dcs), images=1000)
 
 
 def test_evaluation_leaves_the_model_in_eval_mode_and_its_buffers_untouched(fmnist_test):

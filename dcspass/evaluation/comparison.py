@@ -23,7 +23,7 @@ from ..errors import EvaluationError
 from .analyses import gradient_cosine
 from .budget import Budget, get_budget
 from .draws import DrawRunner
-from .protocols import EvalContext, batches
+from .protocols import EvalContext
 from .scoring import score_draws
 
 __all__ = ["compare_gradient_cosine", "cosine_comparison_markdown", "plot_cosine_comparison"]
@@ -72,9 +72,7 @@ def compare_gradient_cosine(
         ctx = EvalContext(model, runner, 8 / 255, b, classes, seed)
         torch.manual_seed(seed)
         cosine = gradient_cosine(ctx, xs, ys)
-        verdicts = torch.cat(
-            [score_draws(runner, xb, yb, b.score_draws)[0] for xb, yb in batches(xs, ys, b.batch_size)], 1
-        )
+        verdicts, _ = score_draws(runner, xs, ys, b.score_draws)  # chunks the images itself
         results[label] = {
             "cosine": cosine,
             "clean": float(verdicts.float().mean()),

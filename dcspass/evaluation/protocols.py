@@ -302,12 +302,9 @@ def selection_draws(ctx: EvalContext, adv: torch.Tensor, y: torch.Tensor) -> lis
     the model is deterministic: every draw would agree with the scoring ones)."""
     if not ctx.randomized or ctx.budget.select_draws == 0:
         return []
-    parts = []
-    for xb, yb in batches(adv, y, ctx.budget.batch_size):
-        v, bad = score_draws(ctx.runner, xb, yb, ctx.budget.select_draws)
-        ctx.nonfinite += bad
-        parts.append(v)
-    return [torch.cat(parts, 1)]
+    verdicts, bad = score_draws(ctx.runner, adv, y, ctx.budget.select_draws)  # chunks the images itself
+    ctx.nonfinite += bad
+    return [verdicts]
 
 
 def run_adaptive(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> ProtocolResult:
