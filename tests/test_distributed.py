@@ -35,23 +35,10 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    from dcspass.training import TrainConfig, train
+    from dcspass.training import train
+    from tests._tiny import tiny_config
 
-    config = TrainConfig(
-        arch="resnet18",
-        in_channels=1,
-        width=4,
-        dataset="fashion_mnist",
-        method="gsat",
-        policy="index:6",
-        batch_size=32,
-        lr=0.05,
-        attack_steps=2,
-        eval_steps=2,
-        eval_examples=16,
-        epochs=1,
-        samples_per_epoch=64,
-    )
+    config = tiny_config("gsat", samples_per_epoch=64)
     x, y = fashion_mnist_tensors(train=True, limit=128)
     xe, ye = fashion_mnist_tensors(train=False, limit=16)
     result = train(
