@@ -104,7 +104,7 @@ def layer_candidates(shape: LayerShape, batch: int) -> tuple[dict[str, Callable[
     w5 = dcs.weight.detach().clone().requires_grad_()
     conv3 = torch.nn.Conv2d(shape.c_in, shape.c_out, 3, stride=shape.stride, padding=1, bias=False)
     conv3 = conv3.to(dev, dtype, memory_format=fmt)
-    out_hw = (shape.hw + 2 * (K // 2) - K) // shape.stride + 1
+    out_hw = conv3(x.detach()).shape[-1]  # the 3x3 conv DCS replaces keeps the same output size
 
     _check_dcs_is_triton_and_correct(dcs, x)
 

@@ -19,7 +19,7 @@ from .errors import (
     PolicyError,
     TapError,
 )
-from .evaluation import Report, evaluate  # the function; the CLI module dcspass/evaluate.py stays unimported
+from .evaluation import Report, evaluate
 from .functional import dcs_conv2d
 from .instrument import instrument
 from .layers import DCSConv2d, DCSConv2dSame

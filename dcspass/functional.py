@@ -1,7 +1,9 @@
 """The DCS convolution as a function: ``dcs_conv2d(x, weight, bias, taps, ...)``.
 
 Arguments are validated here, once, with messages that name the bad value; the op behind it
-(``torch.ops.dcspass.dcs_conv2d``, registered in ``kernels.op``) trusts its inputs.
+(``torch.ops.dcspass.dcs_conv2d``, registered in ``kernels.op``) trusts its inputs. ``DCSConv2d``
+comes through here too, by ``_dcs_conv2d_checked_geometry``: it validated its geometry when it was
+built and draws valid taps, so only the checks that depend on the input run at each forward.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from collections.abc import Sequence
 import torch
 
 from kernels import op as _op
+from kernels.cpu import output_hw
 
 from .errors import ConfigError
 from .sampling import validate_taps
 
-__all__ = ["conv_output_size", "dcs_conv2d", "normalize_padding", "pair"]
+__all__ = ["dcs_conv2d", "normalize_padding", "pair"]
 
 
 def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -49,11 +52,6 @@ def normalize_padding(padding: int | Sequence[int]) -> tuple[int, int, int, int]
     return tuple(int(p) for p in pads)  # type: ignore[return-value]
 
 
-def conv_output_size(size: int, pad_before: int, pad_after: int, k: int, stride: int, dilation: int) -> int:
-    """Output length of a convolution along one axis (floor mode, as ``F.conv2d``)."""
-    return (size + pad_before + pad_after - dilation * (k - 1) - 1) // stride + 1
-
-
 def dcs_conv2d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -82,28 +80,50 @@ def dcs_conv2d(
         ``[B, C_out, H_out, W_out]``, channels_last when ``x`` is channels_last.
     """
     stride_, dilation_ = pair(stride, "stride"), pair(dilation, "dilation")
-    padding_ = normalize_padding(padding)
     if min(stride_) < 1 or min(dilation_) < 1:
         raise ConfigError(f"stride and dilation must be >= 1, got stride={stride!r}, dilation={dilation!r}")
-    check_conv_shapes(x, weight, bias, groups, padding_, stride_, dilation_)
-    k = weight.shape[-1]
-    if not torch.compiler.is_compiling():
-        validate_taps(taps, k * k)
+    return _dcs_conv2d_checked_geometry(
+        x, weight, bias, taps, stride_, normalize_padding(padding), dilation_, groups, trusted_taps=False
+    )
+
+
+def _dcs_conv2d_checked_geometry(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    taps: torch.Tensor,
+    stride: tuple[int, int],
+    padding: tuple[int, int, int, int],
+    dilation: tuple[int, int],
+    groups: int,
+    trusted_taps: bool = True,
+) -> torch.Tensor:
+    """``dcs_conv2d`` for a caller whose stride, dilation (pairs >= 1) and padding (left, right, top,
+    bottom) are already normalised and checked, as ``DCSConv2d`` does when it is built.
+
+    The shapes and dtypes of ``x``, ``weight`` and ``bias`` are still checked: they change from call to
+    call and checking them costs no device sync. The taps are checked unless ``trusted_taps`` (taps drawn
+    by ``sample_taps`` or set through ``using_taps`` are valid, and checking reads them back from the
+    device).
+    """
+    _check_conv_shapes(x, weight, bias, groups, padding, stride, dilation)
+    if not trusted_taps and not torch.compiler.is_compiling():
+        validate_taps(taps, weight.shape[-1] ** 2)
     unbatched = x.dim() == 3
     out = _op.dcs_conv2d(
         x.unsqueeze(0) if unbatched else x,
         weight,
         bias,
         taps,
-        list(stride_),
-        list(padding_),
-        list(dilation_),
+        list(stride),
+        list(padding),
+        list(dilation),
         groups,
     )
     return out.squeeze(0) if unbatched else out
 
 
-def check_conv_shapes(
+def _check_conv_shapes(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
@@ -133,9 +153,7 @@ def check_conv_shapes(
             f"{None if bias is None else bias.dtype}"
         )
     k = weight.shape[-1]
-    left, right, top, bottom = padding
-    h_out = conv_output_size(x.shape[-2], top, bottom, k, stride[0], dilation[0])
-    w_out = conv_output_size(x.shape[-1], left, right, k, stride[1], dilation[1])
+    h_out, w_out = output_hw(x.shape[-2], x.shape[-1], k, stride, padding, dilation)
     if h_out < 1 or w_out < 1:
         raise ConfigError(
             f"input {tuple(x.shape[-2:])} with padding {padding} is smaller than the dilated kernel "

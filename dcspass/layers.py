@@ -9,10 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import op as _op
-
 from .errors import ConfigError
-from .functional import check_conv_shapes, normalize_padding, pair
+from .functional import _dcs_conv2d_checked_geometry, normalize_padding, pair
 from .sampling import sample_taps
 
 __all__ = ["DCSConv2d", "DCSConv2dSame"]
@@ -119,20 +117,26 @@ class DCSConv2d(nn.Module):
     def forward_with_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The output and the taps it used (LongTensor ``[n]``)."""
         taps = self.fixed_taps if self.fixed_taps is not None else self.draw_taps()
+        return self.convolve(x, taps), taps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_taps(x)[0]
+
+    def convolve(self, x: torch.Tensor, taps: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
+        """This layer's convolution of ``x`` with the given taps, through ``dcspass.functional``.
+
+        ``x``: ``[B, C_in, H, W]`` or ``[C_in, H, W]``; ``taps``: LongTensor of distinct positions in
+        ``0..k*k-1``, any count (forward passes n; per-tap partial sums pass one). The geometry was
+        checked when the layer was built, so only the input-dependent checks run.
+        """
         padding = self.padding_for(x)
         if self.padding_mode != "zeros":
             x = F.pad(x, padding, mode=self.padding_mode)
             padding = (0, 0, 0, 0)
-        unbatched = x.dim() == 3
-        if unbatched:
-            x = x.unsqueeze(0)
-        check_conv_shapes(x, self.weight, self.bias, self.groups, padding, self.stride, self.dilation)
-        geometry = (list(self.stride), list(padding), list(self.dilation), self.groups)
-        y = _op.dcs_conv2d(x, self.weight, self.bias, taps, *geometry)
-        return (y.squeeze(0) if unbatched else y), taps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_taps(x)[0]
+        bias = self.bias if with_bias else None
+        return _dcs_conv2d_checked_geometry(
+            x, self.weight, bias, taps, self.stride, padding, self.dilation, self.groups
+        )
 
     def extra_repr(self) -> str:
         s = (

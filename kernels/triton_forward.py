@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from .cpu import output_hw
 from .triton_common import (
     GEMM_CONFIGS,
     dot_acc,
@@ -134,9 +135,8 @@ def dcs_forward(
     """
     b, _, h, w = x.shape
     c_out, c_in_g, k, _ = weight.shape
-    left, right, top, bottom = padding
-    h_out = (h + top + bottom - dilation[0] * (k - 1) - 1) // stride[0] + 1
-    w_out = (w + left + right - dilation[1] * (k - 1) - 1) // stride[1] + 1
+    left, _, top, _ = padding
+    h_out, w_out = output_hw(h, w, k, stride, padding, dilation)
     out = torch.empty((b, c_out, h_out, w_out), dtype=x.dtype, device=x.device,
                       memory_format=output_format(x))
     taps = taps.to(device=x.device, dtype=torch.long)

@@ -22,6 +22,7 @@ import torch
 import torchattacks
 from torch import nn
 
+from ..attacks import make_pgd
 from .draws import DrawRunner, TapSets, log_expected_probs
 
 __all__ = [
@@ -78,10 +79,8 @@ class ExpectedModel(nn.Module):
 def pgd(
     model: nn.Module, eps: float, steps: int, alpha: float | None = None, random_start: bool = True
 ) -> AttackFn:
-    """L_inf PGD (torchattacks) with step ``alpha`` (default eps/4, i.e. 2/255 at 8/255)."""
-    return torchattacks_attack(
-        torchattacks.PGD(model, eps=eps, alpha=alpha or eps / 4, steps=steps, random_start=random_start)
-    )
+    """L_inf PGD (torchattacks, in eval mode) with step ``alpha`` (default eps/4, i.e. 2/255 at 8/255)."""
+    return torchattacks_attack(make_pgd(model, eps, alpha or eps / 4, steps, random_start))
 
 
 def apgd(model: nn.Module, eps: float, steps: int, loss: str, seed: int) -> AttackFn:

@@ -25,15 +25,13 @@ import warnings
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..functional import dcs_conv2d
 from ..layers import DCSConv2d
 from ..sampling import dcs_layers, using_taps
 
-__all__ = ["DrawRunner", "TapSets", "all_tap_sets", "layer_conv"]
+__all__ = ["DrawRunner", "TapSets", "all_tap_sets"]
 
 # Rows (M*B) per chunk of the batched suffix; beyond one chunk, chunks are checkpointed so memory
 # stays bounded however many tap sets are averaged.
@@ -44,24 +42,6 @@ def all_tap_sets(layer: DCSConv2d, device: torch.device | None = None) -> torch.
     """Every tap set of ``layer``: LongTensor ``[C(k*k, n), n]``, rows sorted ascending."""
     combos = list(itertools.combinations(range(layer.num_positions), layer.n))
     return torch.tensor(combos, dtype=torch.long, device=device or layer.weight.device)
-
-
-def layer_conv(layer: DCSConv2d, x: torch.Tensor, taps: torch.Tensor, bias: bool = True) -> torch.Tensor:
-    """``layer``'s convolution of ``x [B, C_in, H, W]`` with the given taps (any count), as forward does."""
-    padding = layer.padding_for(x)
-    if layer.padding_mode != "zeros":
-        x = F.pad(x, padding, mode=layer.padding_mode)
-        padding = (0, 0, 0, 0)
-    return dcs_conv2d(
-        x,
-        layer.weight,
-        layer.bias if bias else None,
-        taps,
-        layer.stride,
-        padding,
-        layer.dilation,
-        layer.groups,
-    )
 
 
 class TapSets:
@@ -165,7 +145,7 @@ class _SuffixInterpreter(fx.Interpreter):
             return super().call_module(target, args, kwargs)
         x = args[0]
         chunks = x.chunk(self.groups)
-        return torch.cat([layer_conv(module, c, module.draw_taps()) for c in chunks])
+        return torch.cat([module.convolve(c, module.draw_taps()) for c in chunks])
 
 
 class DrawRunner:
@@ -246,7 +226,7 @@ class DrawRunner:
             # One partial output per tap position; a tap set's output is the sum of its taps' partials.
             positions = torch.arange(layer.num_positions, device=layer.weight.device)
             per_tap = torch.stack(
-                [layer_conv(layer, first_input, positions[t : t + 1], bias=False) for t in positions]
+                [layer.convolve(first_input, positions[t : t + 1], with_bias=False) for t in positions]
             )
         per_chunk = max(1, self.max_rows // max(batch, 1))
         outs = []
@@ -271,7 +251,7 @@ class DrawRunner:
                 first_out = first_out + layer.bias.view(1, 1, -1, 1, 1)
             first_out = first_out.flatten(0, 1)
         else:
-            first_out = torch.cat([layer_conv(layer, first_input, taps) for taps in chunk])
+            first_out = torch.cat([layer.convolve(first_input, taps) for taps in chunk])
         env = {}
         for node, value in zip(split.boundary, boundary_values, strict=True):
             if node in split.batch_dependent and isinstance(value, torch.Tensor):

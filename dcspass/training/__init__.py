@@ -9,7 +9,7 @@ from __future__ import annotations
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .config import TrainConfig, build_network
 from .engine import TrainResult, train
-from .methods import GSAT, CleanTraining, PGDAdversarialTraining, TrainingMethod, make_method, make_pgd
+from .methods import GSAT, CleanTraining, PGDAdversarialTraining, TrainingMethod, make_method
 from .monitor import paper_protocol_accuracy
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "make_method",
-    "make_pgd",
     "paper_protocol_accuracy",
     "save_checkpoint",
     "train",

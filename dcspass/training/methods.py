@@ -1,9 +1,9 @@
 """Training methods as strategies: what one batch contributes to the loss.
 
 The loop (``engine.train``) is the same for all three; a method only says how to turn ``(x, y)`` into
-a loss. Attacks run with torchattacks' PGD in **eval mode** (BatchNorm uses its running statistics
-and is not updated by the attack's forwards; torchattacks' default, set explicitly here); the
-training forward that follows runs in train mode.
+a loss. Attacks run with torchattacks' PGD (``dcspass.attacks.make_pgd``) in **eval mode** (BatchNorm
+uses its running statistics and is not updated by the attack's forwards); the training forward that
+follows runs in train mode.
 
 - ``CleanTraining``: cross-entropy on the clean batch.
 - ``PGDAdversarialTraining`` (Madry et al.): cross-entropy on a PGD adversarial batch.
@@ -16,22 +16,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchattacks
 from torch import nn
 
+from ..attacks import make_pgd
 from ..errors import ConfigError
 from ..sampling import excluding_taps, frozen_taps
 
-__all__ = ["GSAT", "CleanTraining", "PGDAdversarialTraining", "TrainingMethod", "make_method", "make_pgd"]
-
-
-def make_pgd(
-    model: nn.Module, eps: float, alpha: float, steps: int, random_start: bool = True
-) -> torchattacks.PGD:
-    """torchattacks PGD (L-inf, pixels in [0, 1]) that puts ``model`` in eval mode while it attacks."""
-    attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=random_start)
-    attack.set_model_training_mode(model_training=False)
-    return attack
+__all__ = ["GSAT", "CleanTraining", "PGDAdversarialTraining", "TrainingMethod", "make_method"]
 
 
 class TrainingMethod:

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ..attacks import make_pgd
 from ..sampling import dcs_layers, frozen_taps
-from .methods import make_pgd
 
 __all__ = ["paper_protocol_accuracy"]
 

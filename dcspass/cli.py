@@ -1,0 +1,222 @@
+"""The ``dcspass`` command line: ``python -m dcspass <command>`` or the ``dcspass`` script.
+
+    plan      print what ``dcspass.transform`` would do to a model (the dry run, ``dcspass.plan``)
+    evaluate  evaluate a trained checkpoint under the paper and adaptive protocols (``dcspass.evaluate``)
+
+Bad input gets one ``error: ...`` line on stderr and exit code 2, before any work. Each command imports
+what it needs (model zoos, the evaluation engine, data) only when it runs, so ``--help`` is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from torch import nn
+
+from .errors import ConfigError, DCSError
+
+__all__ = ["main", "model_from_spec"]
+
+_MODEL_SPEC = "torchvision:<name>, timm:<name> or package.module:factory"
+
+_PLAN_EXAMPLES = """\
+examples:
+  %(prog)s torchvision:resnet18                       every stride-2 conv (the default policy)
+  %(prog)s torchvision:resnet18 --policy index:6      the 6th conv in execution order, 1-based
+  %(prog)s torchvision:resnet18 --policy 'name:layer*.0.conv1' --n 2 --k 5
+  %(prog)s timm:resnet50 --json                       the plan as JSON, one row per conv
+  %(prog)s torchvision:resnet18 --draw plan.png       also draw the convs' dataflow graph
+  %(prog)s mypackage.models:build_net                 any callable that returns an nn.Module
+"""
+
+_EVALUATE_EXAMPLES = """\
+examples:
+  %(prog)s --checkpoint runs/paper_rn18/gsat.pt --out runs/eval_gsat
+  %(prog)s --checkpoint runs/paper_rn18/gsat.pt --budget smoke --protocol paper --repeats 1 \\
+      --no-analyses --out /tmp/eval_smoke
+  %(prog)s --checkpoint runs/paper_rn18/gsat.pt --transfer-checkpoint runs/paper_rn18/pgd_at.pt \\
+      --protocol both --budget full --repeats 10 --out runs/eval_full
+  %(prog)s --checkpoint cifar_gsat.pt --data-dir ~/data --dataset cifar10 --eps 8/255 --out runs/eval
+
+Writes report.json, report.md and PNG plots into --out and prints the markdown report.
+"""
+
+
+def model_from_spec(spec: str) -> nn.Module:
+    """``torchvision:resnet18`` / ``timm:resnet18`` / ``pkg.module:factory`` -> the model, without
+    pretrained weights (``factory`` is called with no arguments)."""
+    source, sep, name = spec.partition(":")
+    if not sep or not source or not name:
+        raise ConfigError(f"model {spec!r}: expected {_MODEL_SPEC}")
+    if source == "torchvision":
+        import torchvision
+
+        if name not in torchvision.models.list_models():
+            raise ConfigError(
+                f"model {spec!r}: torchvision has no model {name!r} (torchvision.models.list_models())"
+            )
+        return torchvision.models.get_model(name, weights=None)
+    if source == "timm":
+        import timm
+
+        if not timm.is_model(name):
+            raise ConfigError(f"model {spec!r}: timm has no model {name!r} (timm.list_models())")
+        return timm.create_model(name, pretrained=False)
+    try:
+        factory = getattr(importlib.import_module(source), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"model {spec!r}: cannot load {name!r} from {source!r} ({exc})") from exc
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model {spec!r}: {name}() returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _eps(text: str) -> float:
+    """``"8/255"`` or ``"0.0314"`` -> float (the range is checked by ``dcspass.evaluate``)."""
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError) as exc:
+        raise argparse.ArgumentTypeError(
+            f"eps must be a number or a fraction like 8/255, got {text!r}"
+        ) from exc
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from .planning import plan
+
+    result = plan(
+        model_from_spec(args.model), args.policy, n=args.n, k=args.k, eps_c=args.eps_c, eps_l=args.eps_l
+    )
+    print(json.dumps(result.to_dict(), indent=1) if args.json else result)
+    if args.draw:
+        result.draw(args.draw)
+        print(f"graph drawn to {args.draw}")
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from .data import dataset_info, load_dataset
+    from .errors import EvaluationError
+    from .evaluation import evaluate, get_budget
+    from .training.checkpoint import load_model
+
+    budget = get_budget(args.budget)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, config = load_model(args.checkpoint, map_location=device)
+    name = args.dataset or config.get("dataset")
+    info = dataset_info(name)
+    if info.num_classes != config.get("num_classes") or info.in_channels != config.get("in_channels"):
+        raise EvaluationError(
+            f"checkpoint {args.checkpoint} is a {config.get('num_classes')}-class, "
+            f"{config.get('in_channels')}-channel {config.get('arch')}, but {name} has "
+            f"{info.num_classes} classes and {info.in_channels} channels; pass the matching --dataset"
+        )
+    source = None
+    if args.transfer_checkpoint:
+        source, _ = load_model(
+            args.transfer_checkpoint,
+            map_location=device,
+            expect={k: config[k] for k in ("arch", "num_classes", "in_channels")},
+        )
+    dataset = load_dataset(name, args.data_dir, train=False, transform="default")
+    loader = DataLoader(dataset, batch_size=budget.batch_size, shuffle=False)
+    report = evaluate(
+        model,
+        loader,
+        protocol=args.protocol,
+        budget=budget,
+        transfer_source=source,
+        device=device,
+        seed=args.seed,
+        eps=args.eps,
+        repeats=args.repeats,
+        analyses=not args.no_analyses,
+    )
+    out = report.save(args.out)
+    print(report.to_markdown())
+    print(f"wrote {out / 'report.json'}, {out / 'report.md'} and plots", file=sys.stderr)
+    return 0
+
+
+def _subcommand(
+    commands: argparse._SubParsersAction, name: str, summary: str, examples: str
+) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog=examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The ``dcspass`` parser with its ``plan`` and ``evaluate`` subcommands."""
+    parser = argparse.ArgumentParser(prog=prog or _prog(), description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{plan,evaluate}")
+
+    p = _subcommand(commands, "plan", "print what dcspass.transform would do to a model", _PLAN_EXAMPLES)
+    p.add_argument("model", help=f"{_MODEL_SPEC}; built without pretrained weights")
+    p.add_argument(
+        "--policy", default="downsample", help="downsample, index:6, name:<glob> (default: %(default)s)"
+    )
+    p.add_argument("--n", type=int, default=2, help="taps per forward (default: %(default)s)")
+    p.add_argument("--k", type=int, default=None, help="DCS kernel size (default: max(5, original))")
+    p.add_argument("--eps-c", type=float, default=0.5, help="Eq. 12 eps_c (default: %(default)s)")
+    p.add_argument("--eps-l", type=float, default=0.25, help="Eq. 12 per-pixel eps_l (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
+    p.add_argument("--draw", metavar="PNG", help="also draw the dataflow graph to this file")
+    p.set_defaults(run=_run_plan)
+
+    e = _subcommand(
+        commands,
+        "evaluate",
+        "evaluate a trained checkpoint under the paper and adaptive protocols",
+        _EVALUATE_EXAMPLES,
+    )
+    e.add_argument("--checkpoint", required=True, help="checkpoint written by dcspass training")
+    e.add_argument("--data-dir", default=None, help="dataset folder (Fashion-MNIST defaults to Debian's)")
+    e.add_argument("--dataset", default=None, help="cifar10, fashion_mnist, ... (default: the checkpoint's)")
+    e.add_argument("--protocol", choices=("paper", "adaptive", "both"), default="both")
+    e.add_argument(
+        "--budget",
+        default="default",
+        help="smoke (tests), default (CPU scale) or full (the paper's settings) (default: %(default)s)",
+    )
+    e.add_argument("--repeats", type=int, default=None, help="paper-protocol repeats (default: the budget's)")
+    e.add_argument("--eps", type=_eps, default=8 / 255, help="L_inf radius on [0, 1], e.g. 8/255")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    e.add_argument("--transfer-checkpoint", default=None, help="the same network trained without DCS")
+    e.add_argument("--no-analyses", action="store_true", help="skip gradient similarity and strength sweeps")
+    e.add_argument("--out", required=True, help="output folder for report.json, report.md and PNGs")
+    e.set_defaults(run=_run_evaluate)
+    return parser
+
+
+def _prog() -> str:
+    """``python -m dcspass`` when run as a module, else ``dcspass`` (the console script)."""
+    run_as_module = bool(sys.argv) and os.path.basename(sys.argv[0]) == "__main__.py"
+    return "python -m dcspass" if run_as_module else "dcspass"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (0, or 2 for bad input, reported on stderr)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except DCSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
