@@ -21,7 +21,7 @@ from .errors import (
 )
 from .evaluation import Report, evaluate
 from .functional import dcs_conv2d
-from .instrument import instrument
+from .instrumentation import instrument
 from .layers import DCSConv2d, DCSConv2dSame
 from .models import build_model
 from .planning import Plan, plan

@@ -71,6 +71,8 @@ def model_from_spec(spec: str) -> nn.Module:
         factory = getattr(importlib.import_module(source), name)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"model {spec!r}: cannot load {name!r} from {source!r} ({exc})") from exc
+    if not callable(factory):
+        raise ConfigError(f"model {spec!r}: {source}.{name} is not callable; name a function or class")
     model = factory()
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model {spec!r}: {name}() returned {type(model).__name__}, not an nn.Module")

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import functional
 from .errors import ConfigError
-from .functional import _dcs_conv2d_checked_geometry, normalize_padding, pair
+from .functional import normalize_padding, pair
 from .sampling import sample_taps
 
 __all__ = ["DCSConv2d", "DCSConv2dSame"]
@@ -134,7 +135,7 @@ class DCSConv2d(nn.Module):
             x = F.pad(x, padding, mode=self.padding_mode)
             padding = (0, 0, 0, 0)
         bias = self.bias if with_bias else None
-        return _dcs_conv2d_checked_geometry(
+        return functional._dcs_conv2d_checked_geometry(
             x, self.weight, bias, taps, self.stride, padding, self.dilation, self.groups
         )
 

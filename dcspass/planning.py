@@ -5,7 +5,7 @@
     >>> p.graph             # networkx.DiGraph: conv -> conv through non-conv ops, plus "input"/"output"
     >>> p.draw("plan.png")  # the graph with the DCS layers highlighted
 
-The CLI prints the same table: ``python -m dcspass.plan torchvision:resnet18 --policy downsample``.
+The command line prints the same table: ``python -m dcspass plan torchvision:resnet18 --policy downsample``.
 """
 
 from __future__ import annotations

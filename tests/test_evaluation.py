@@ -141,6 +141,31 @@ def test_exact_expectation_equals_independent_average(trained, fmnist_test):
     torch.testing.assert_close(g_fast, g_ref, atol=1e-6, rtol=1e-4)
 
 
+def test_batched_draws_reach_the_op_through_the_layer(monkeypatch):
+    """DrawRunner convolves through DCSConv2d.convolve -> dcspass.functional, as forward does, so a
+    reflect-padded layer gives the same outputs as ordinary forwards under the same taps."""
+    import dcspass.functional as functional
+
+    calls = []
+    fast_path = functional._dcs_conv2d_checked_geometry
+    monkeypatch.setattr(
+        functional, "_dcs_conv2d_checked_geometry", lambda *a, **kw: calls.append(1) or fast_path(*a, **kw)
+    )
+    torch.manual_seed(0)
+    layer = dcspass.DCSConv2d(1, 3, 5, n=2, stride=2, padding=2, padding_mode="reflect")
+    model = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), layer, nn.Flatten(), nn.Linear(3 * 4 * 4, 4))
+    runner = DrawRunner(model)
+    assert runner.split
+    sets = all_tap_sets(layer)[[0, 7, 299]]
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        out = runner(x, TapSets.given(sets))
+        assert calls
+        for i, taps in enumerate(sets):
+            with dcspass.using_taps(model, {"1": taps}):
+                torch.testing.assert_close(out[i], model(x))
+
+
 def test_sampled_draws_use_distinct_taps_per_group(trained, fmnist_test):
     """EOT draws in one batched run are independent: groups see different tap sets, not one."""
     x = fmnist_test[0][:2]
@@ -419,31 +444,3 @@ def test_model_without_dcs_runs_adaptive_attacks_with_a_warning(trained, fmnist_
     assert acc["exact expectation"].examples == 4 and acc["EOT-PGD"].examples == 4
     # Deterministic: every scoring draw agrees, so expected and all-K-correct accuracies coincide.
     assert acc["EOT-PGD"].all_correct == acc["EOT-PGD"].mean
-
-
-# -- command line ---------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_cli_evaluates_a_checkpoint(tmp_path, capsys):
-    from dcspass.training.checkpoint import save_checkpoint
-    from dcspass.training.config import TrainConfig, build_network
-
-    config = TrainConfig(arch="resnet18", num_classes=10, in_channels=1, width=4, dataset="fashion_mnist")
-    torch.manual_seed(0)
-    save_checkpoint(
-        tmp_path / "ck.pt", {"config": config.to_dict(), "model": build_network(config).state_dict()}
-    )
-    from dcspass.evaluate import main
-
-    common = ["--checkpoint", str(tmp_path / "ck.pt"), "--budget", "smoke", "--no-analyses", "--out"]
-    code = main([*common, str(tmp_path / "out"), "--protocol", "paper", "--repeats", "1"])
-    assert code == 0
-    data = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert data["config"]["repeats"] == 1 and data["adaptive"] is None
-    assert data["config"]["dcs_layers"][0]["name"] == "layer2.0.conv1"
-    assert main([*common, str(tmp_path / "bad"), "--eps", "8"]) == 2
-    assert "0-255" in capsys.readouterr().err
-    assert main([*common, str(tmp_path / "bad"), "--dataset", "cifar10"]) == 2  # 3 channels vs 1
-    # Importing the CLI module must not break the API function of the same name.
-    assert callable(dcspass.evaluate)

@@ -131,6 +131,45 @@ def test_using_taps_sets_exact_taps():
         torch.testing.assert_close(y, masked_conv2d(x, model.a.weight, model.a.bias, taps, 2, 2))
 
 
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
+def test_forward_goes_through_dcspass_functional(monkeypatch, padding_mode):
+    """DCSConv2d -> dcspass.functional -> the op, skipping the tap check the functional's public entry
+    makes (the layer drew its taps itself); the result is F.conv2d with the weight masked to the taps."""
+    import dcspass.functional as functional
+
+    entered, checked = [], []
+    fast_path, check = functional._dcs_conv2d_checked_geometry, functional.validate_taps
+    monkeypatch.setattr(
+        functional,
+        "_dcs_conv2d_checked_geometry",
+        lambda *a, **kw: entered.append(a[3]) or fast_path(*a, **kw),
+    )
+    monkeypatch.setattr(functional, "validate_taps", lambda *a, **kw: checked.append(a[0]) or check(*a, **kw))
+    layer = DCSConv2d(4, 6, 5, n=3, stride=2, padding=(1, 2, 2, 1), groups=2, padding_mode=padding_mode)
+    x = torch.randn(2, 4, 11, 9)
+    y, taps = layer.forward_with_taps(x)
+    assert len(entered) == 1 and torch.equal(entered[0], taps) and checked == []
+    mask = torch.zeros(25).index_fill_(0, taps, 1.0).view(5, 5)
+    mode = "constant" if padding_mode == "zeros" else padding_mode
+    expected = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(x, (1, 2, 2, 1), mode=mode), layer.weight * mask, layer.bias, 2, groups=2
+    )
+    torch.testing.assert_close(y, expected)
+    # The public functional is the same path, with the taps checked.
+    out = dcspass.dcs_conv2d(x, layer.weight, layer.bias, taps, 2, (1, 2, 2, 1), groups=2)
+    assert len(entered) == 2 and len(checked) == 1
+    if padding_mode == "zeros":
+        torch.testing.assert_close(out, y)
+
+
+def test_forward_still_checks_the_input():
+    layer = DCSConv2d(4, 6, 5, n=2, padding=2)
+    with pytest.raises(ConfigError, match="input has 3 channels but weight"):
+        layer(torch.randn(1, 3, 8, 8))
+    with pytest.raises(ConfigError, match="smaller than the dilated kernel"):
+        DCSConv2d(4, 6, 5, n=2)(torch.randn(1, 4, 3, 3))
+
+
 def test_state_dict_is_that_of_a_conv():
     layer = DCSConv2d(3, 4, 5, n=2)
     assert set(layer.state_dict()) == {"weight", "bias"}

@@ -1,10 +1,8 @@
-"""plan: rows, table, to_dict, the dataflow graph and its drawing, the CLI."""
+"""plan: rows, table, to_dict, the dataflow graph and its drawing (the CLI: test_cli.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import timm.layers as timm_layers
@@ -13,7 +11,6 @@ import torchvision
 from torch import nn
 
 import dcspass
-from dcspass.plan import main
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +40,18 @@ def test_table_and_dict(resnet18):
     lines = text.splitlines()
     assert lines[0].startswith("dcspass plan: policy=index:6, n=2")
     assert lines[1].split()[:4] == ["index", "name", "kind", "kernel"]
-    assert lines[7].split() == ["6", "layer2.0.conv1", "Conv2d", "3x3", "2", "DCS", "5", "[0.225,", "2]",
-                                "yes"]
+    assert lines[7].split() == [
+        "6",
+        "layer2.0.conv1",
+        "Conv2d",
+        "3x3",
+        "2",
+        "DCS",
+        "5",
+        "[0.225,",
+        "2]",
+        "yes",
+    ]
     assert lines[-1] == "1 of 20 convs selected; every selected layer is admissible."
     d = json.loads(json.dumps(p.to_dict()))
     assert d["policy"] == "index:6" and d["traced"] is True
@@ -87,31 +94,3 @@ def test_non_convertible_and_untraceable_models():
     assert rows == [("std", False, False), ("conv", True, True)]
     assert "non-convertible: StdConv2d overrides forward" in str(p)
     assert list(p.graph.edges) == [("input", "std"), ("std", "conv"), ("conv", "output")]
-
-
-def test_cli_in_process(capsys):
-    assert main(["torchvision:resnet18", "--policy", "index:6,11", "--n", "2"]) == 0
-    out = capsys.readouterr().out
-    assert "2 of 20 convs selected" in out and "layer3.0.conv1" in out
-    assert main(["torchvision:resnet18", "--policy", "name:nothing"]) == 2
-    assert "matches no conv" in capsys.readouterr().err
-    assert main(["torchvision:resnet18", "--json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)["rows"]) == 20
-
-
-def test_cli_as_a_module_without_runpy_warning():
-    done = subprocess.run(
-        [sys.executable, "-W", "error", "-m", "dcspass.plan", "torchvision:resnet18", "--policy",
-         "downsample"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "4 of 20 convs selected" in done.stdout
-    assert done.stderr == ""
-
-
-def test_dcspass_plan_stays_callable_after_importing_the_cli_module(resnet18):
-    import dcspass.plan as cli
-
-    assert callable(dcspass.plan) and callable(cli)
-    assert dcspass.plan(resnet18, "index:6").selected == ["layer2.0.conv1"]

@@ -80,7 +80,7 @@ class GSAT(PGDAdversarialTraining):
     name = "gsat"
 
     def bind(self, net: nn.Module, compile: bool = False) -> None:
-        from ..instrument import instrument
+        from ..instrumentation import instrument
 
         self.net = net
         self.instrumented = instrument(net)
