@@ -3,8 +3,9 @@
     plan      print what ``dcspass.transform`` would do to a model (the dry run, ``dcspass.plan``)
     evaluate  evaluate a trained checkpoint under the paper and adaptive protocols (``dcspass.evaluate``)
 
-Bad input gets one ``error: ...`` line on stderr and exit code 2, before any work. Each command imports
-what it needs (model zoos, the evaluation engine, data) only when it runs, so ``--help`` is quick.
+Bad input gets ``error: ...`` on stderr and exit code 2. Each command imports what it needs (model zoos,
+the evaluation engine, training, data) only when it runs, so ``--help`` costs no more than
+``import dcspass``.
 """
 
 from __future__ import annotations
