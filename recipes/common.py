@@ -239,6 +239,7 @@ def evaluate_pair(
                 transfer_source=source,
                 device=device,
                 seed=seed,
+                eps=eps,
             )
         report.save(out / f"eval_{key}")
         reports[key] = report.to_dict()

@@ -128,3 +128,18 @@ def test_bad_flags_and_data_dirs_give_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         common.run(paper_rn18.SPEC, ["--placement", "everywhere"])
     assert exit_info.value.code == 2
+
+
+@needs_fmnist
+@pytest.mark.slow
+def test_full_evaluation_runs_at_the_recipes_eps(tmp_path):
+    """paper_rn50 trains and tables at 4/255: its dcspass.evaluate reports must use 4/255 too."""
+    argv = [a for a in SMOKE if a != "--quick-eval"]
+    assert common.main(paper_rn50.SPEC, [*argv, "--no-fig4a", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["runs"]["dcs"]["config"]["eps"] == pytest.approx(4 / 255)
+    for key in ("at", "dcs"):
+        report = json.loads((tmp_path / f"eval_{key}" / "report.json").read_text())
+        assert report["config"]["eps"] == pytest.approx(4 / 255)
+        assert results["evaluation"]["evaluate"][key]["config"]["eps"] == pytest.approx(4 / 255)
+    assert "eps = 4.00/255" in (tmp_path / "results.md").read_text()
