@@ -245,7 +245,51 @@ def evaluate_pair(
         reports[key] = report.to_dict()
         markdown[key] = report.to_markdown()
     results["evaluate"], results["evaluate_markdown"] = reports, markdown
+    results["headline"] = headline(reports["at"], reports["dcs"])
     return results
+
+
+# Rows of the headline table: (protocol, row) of both reports, in the order printed.
+HEADLINE_ROWS = (("adaptive", "clean"), ("paper", "PGD-{steps}"), ("adaptive", "worst case"))
+
+
+def headline(at: dict[str, Any], dcs: dict[str, Any]) -> dict[str, Any]:
+    """Clean, paper-protocol PGD and the adaptive worst case of both networks (from their
+    ``Report.to_dict()``), and DCS + GSAT minus the baseline on each, paired over the same images."""
+    from dcspass.evaluation.stats import paired_difference
+
+    steps = dcs["config"]["budget"]["pgd_steps"]
+    rows = {}
+    for protocol, row in HEADLINE_ROWS:
+        name = row.format(steps=steps)
+        a, d = at[protocol]["accuracies"][name], dcs[protocol]["accuracies"][name]
+        diff = paired_difference(d["per_example"], a["per_example"])
+        rows[f"{protocol}: {name}"] = {"at": _brief(a), "dcs": _brief(d), "difference": diff.to_dict()}
+    return {"rows": rows, "examples": dcs["config"]["examples"], "budget": dcs["config"]["budget"]["name"]}
+
+
+def _brief(acc: dict[str, Any]) -> dict[str, Any]:
+    return {k: acc[k] for k in ("mean", "low", "high", "all_correct", "scoring")}
+
+
+def headline_markdown(summary: dict[str, Any]) -> list[str]:
+    """The headline table: both networks with 95 % intervals, and their paired difference."""
+    lines = [
+        "| row | PGD-AT baseline | DCS + GSAT | DCS + GSAT - baseline (paired, 95 %) | significant? |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in summary["rows"].items():
+        cells = [
+            f"{100 * r[k]['mean']:.2f} [{100 * r[k]['low']:.2f}, {100 * r[k]['high']:.2f}]"
+            for k in ("at", "dcs")
+        ]
+        d = r["difference"]
+        verdict = "yes" if d["significant"] else "no"
+        lines.append(
+            f"| {name} | {cells[0]} | {cells[1]} | {100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, "
+            f"{100 * d['high']:+.2f}] (p = {d['p_value']:.3g}) | {verdict}, at {d['examples']} images |"
+        )
+    return lines
 
 
 FIG4A_LABELS = {"dcs": "DCS + GSAT", "dcs_at": "DCS + PGD-AT", "dcs_clean": "DCS + clean training"}
@@ -309,6 +353,18 @@ def _write_markdown(path: Path, payload: dict[str, Any]) -> None:
         ]
     evaluated = payload["evaluation"].get("evaluate")
     if evaluated:
+        summary = payload["evaluation"]["headline"]
+        lines += [
+            "## Headline: dcspass.evaluate, both networks on the same images",
+            "",
+            f"Budget {summary['budget']}, the first {summary['examples']} test images. Accuracy in % "
+            "with its 95 % interval over images; the difference is paired over the same images. "
+            "The table above differs: it is the training log's measure (one draw per batch of 128 predicts, "
+            f"first {quick['at']['examples']} images).",
+            "",
+            *headline_markdown(summary),
+            "",
+        ]
         lines += ["## dcspass.evaluate (both protocols)", ""]
         for key, label in (("at", "PGD-AT baseline"), ("dcs", "DCS + GSAT")):
             body = payload["evaluation"]["evaluate_markdown"][key]

@@ -18,9 +18,9 @@ from dcspass.evaluation import Budget, compare_gradient_cosine, evaluate, get_bu
 from dcspass.evaluation.analyses import gradient_cosine, overlap_classes
 from dcspass.evaluation.attacks import ExpectedModel, pgd
 from dcspass.evaluation.draws import DrawRunner, TapSets, all_tap_sets
-from dcspass.evaluation.protocols import EvalContext, known_taps_batch, selection_draws
+from dcspass.evaluation.protocols import EvalContext, known_taps_batch
 from dcspass.evaluation.reference import ROWS, pyautoattack_version
-from dcspass.evaluation.scoring import score_draws
+from dcspass.evaluation.scoring import Accuracy, Scorer
 
 
 class TinyDCSNet(nn.Module):
@@ -113,8 +113,8 @@ def test_known_taps_attack_equals_attack_on_masked_conv(trained, fmnist_test):
     assert mismatch < 0.01, f"{mismatch:.4f} of the pixels differ"
     with torch.no_grad():
         twin_correct = twin(adv_twin).argmax(1) == y
-    assert (verdicts == verdicts[0]).all(), "known-taps scoring must reuse the frozen draw"
-    assert (verdicts[0] == twin_correct).float().mean() > 0.9
+    assert verdicts.shape == (16,)  # one verdict per image, from the frozen draw
+    assert (verdicts == twin_correct).float().mean() > 0.9
 
 
 def test_exact_expectation_equals_independent_average(trained, fmnist_test):
@@ -222,11 +222,10 @@ _MASKING_BUDGET = Budget(
     apgd_steps=3,
     apgd_eot=1,
     exact_steps=1,
-    exact_examples=2,
     known_steps=1,
     square_queries=250,
     square_eot=1,
-    score_draws=4,
+    sample_draws=4,
     reference_steps=3,
     reference_targets=1,
     reference_square_queries=250,
@@ -279,6 +278,7 @@ def test_small_run_of_both_protocols_writes_valid_report(trained, fmnist_test, t
     assert set(paper) == {"clean", "PGD-3", "AutoAttack", "CW", "MIFGSM", "DeepFool", "EOTPGD"}
     for acc in paper.values():
         assert 0 <= acc["mean"] <= 1 and acc["repeats"] == 2 and len(acc["per_repeat"]) == 2
+        assert acc["low"] <= acc["mean"] <= acc["high"] and acc["scoring"] == "one fresh draw per image"
     adaptive = data["adaptive"]["accuracies"]
     expected = {
         "clean",
@@ -291,18 +291,27 @@ def test_small_run_of_both_protocols_writes_valid_report(trained, fmnist_test, t
     }
     reference = set(ROWS.values()) if pyautoattack_version() else set()  # tests/test_reference_autoattack.py
     assert expected | {"transfer", "known taps", "AutoAttack rand", "worst case"} | reference == set(adaptive)
-    for acc in adaptive.values():
-        assert 0 <= acc["all_correct"] <= acc["mean"] <= 1 and acc["draws"] == 4
-    # The worst case is the worst per example; re-scored, it can exceed the best single attack only by noise.
-    assert adaptive["worst case"]["mean"] <= min(adaptive[k]["mean"] for k in expected - {"clean"}) + 0.25
+    for name, acc in adaptive.items():
+        assert 0 <= acc["low"] <= acc["mean"] <= acc["high"] <= 1
+        if name != "known taps":
+            assert 0 <= acc["all_correct"] <= acc["mean"] <= 1 and acc["all_correct_k"] == 4
+            assert acc["scoring"].startswith("exact over all C(25,2)=300 tap sets of mid")
+    # Exact scoring: the worst case is the per-image minimum, never above any row it covers.
+    worst = torch.tensor(adaptive["worst case"]["per_example"])
+    for name in (expected | {"transfer", "AutoAttack rand"} | reference) - {"clean"}:
+        assert (worst <= torch.tensor(adaptive[name]["per_example"])).all(), name
+        assert adaptive["worst case"]["mean"] <= adaptive[name]["mean"]
+        assert adaptive["worst case"]["all_correct"] <= adaptive[name]["all_correct"]
     assert {c["name"] for c in data["sanity"]} >= {"no NaN/inf", "taps change between forwards"}
     assert data["analyses"]["cosine"]["s"]["mean"] == pytest.approx(1.0, abs=1e-4)  # same taps, same gradient
     for curve in data["analyses"]["sweeps"].values():
         assert len(curve["paper"]) == len(curve["adaptive"]) == len(curve["values"])
+        assert len(curve["paper_interval"]) == len(curve["adaptive_interval"]) == len(curve["values"])
     markdown = (out / "report.md").read_text()
     assert "paper protocol (attack and prediction use different taps)" in markdown
-    assert "| smoke |" in markdown and "sweeps.png" in markdown
-    assert "| images | budget | setting |" in markdown  # both tables have well-formed headers
+    assert "sweeps.png" in markdown and "budget=smoke" in markdown
+    assert "| std over repeats | repeats | images | setting |" in markdown
+    assert "| all-4-correct | images | setting |" in markdown
     assert (out / "sweeps.png").stat().st_size > 1000 and (out / "cosine.png").stat().st_size > 1000
 
 
@@ -357,14 +366,48 @@ def test_worst_case_of_a_deterministic_model_is_the_per_example_minimum(fmnist_t
     assert acc["worst case"].mean <= min(acc[name].mean for name in members)
 
 
-def test_selection_draws_are_fresh_and_only_for_random_models(trained, fmnist_test):
+def test_exact_scorer_equals_the_average_over_every_tap_set(trained, fmnist_test):
     x, y = fmnist_test[0][:6], fmnist_test[1][:6]
-    ctx = _ctx(trained)
-    (first,) = selection_draws(ctx, x, y)
-    assert first.shape == (ctx.budget.select_draws, 6) and first.dtype == torch.bool
-    plain = TinyDCSNet(dcs=False)
-    plain.load_state_dict(trained.state_dict())
-    assert selection_draws(_ctx(plain.eval()), x, y) == []
+    scorer = Scorer(DrawRunner(trained), max_sets=300, draws=4, seed=0)
+    assert scorer.exact and scorer.method == "exact over all C(25,2)=300 tap sets of mid"
+    p = scorer(x, y)
+    correct = torch.zeros(6, dtype=torch.float64)
+    with torch.no_grad():
+        for taps in itertools.combinations(range(25), 2):
+            with dcspass.using_taps(trained, {"mid": torch.tensor(taps)}):
+                correct += (trained(x).argmax(1) == y).double()
+    torch.testing.assert_close(p, correct / 300)
+    acc = Accuracy.of(p, scorer.method, k=3)
+    assert acc.all_correct == pytest.approx(float((p**3).mean()))
+    assert acc.low <= acc.mean <= acc.high
+
+
+def test_sampled_scorer_draws_per_image_and_repeats_its_draws_for_every_input(trained, fmnist_test):
+    """Above max_sets the scorer samples: independent draws per image (each image runs alone), and the
+    same draws for every input scored on that image (common random numbers for the per-image minimum)."""
+    calls = []
+    runner = DrawRunner(trained)
+    original = runner.first_layer.draw_taps
+
+    def recording():
+        taps = original()
+        calls.append(tuple(taps.tolist()))
+        return taps
+
+    runner.first_layer.draw_taps = recording
+    try:
+        x, y = fmnist_test[0][:3], fmnist_test[1][:3]
+        scorer = Scorer(runner, max_sets=10, draws=16, seed=5)
+        assert not scorer.exact and scorer.method.startswith("sampled: 16 independent draws per image")
+        torch.manual_seed(0)
+        first = scorer(x, y)
+        first_calls, calls[:] = list(calls), []
+        second = scorer(x.clone(), y)
+    finally:
+        del runner.first_layer.draw_taps
+    assert torch.equal(first, second) and first_calls == calls  # the same draws for a re-scored input
+    per_image = [first_calls[16 * i : 16 * (i + 1)] for i in range(3)]
+    assert len(first_calls) == 48 and per_image[0] != per_image[1] != per_image[2]
 
 
 def test_cosine_comparison_matches_each_models_own_analysis(trained, fmnist_test, tmp_path):
@@ -388,30 +431,6 @@ def test_cosine_comparison_matches_each_models_own_analysis(trained, fmnist_test
     assert path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(EvaluationError, match="at least one model"):
         compare_gradient_cosine({}, x, y)
-
-
-def test_scoring_draws_afresh_for_every_chunk_of_images(trained, fmnist_test):
-    """One draw serves every image it runs on; scoring draws K new tap sets per chunk of images, so a
-    row's accuracy does not hinge on K draws shared by the whole batch."""
-    calls = []
-
-    def recording_runner(x, tap_sets):
-        calls.append((x.shape[0], tap_sets.count))
-        return torch.zeros(tap_sets.count, x.shape[0], 10)
-
-    x, y = fmnist_test[0][:40], fmnist_test[1][:40]
-    verdicts, bad = score_draws(recording_runner, x, y, 5, chunk=16)
-    assert calls == [(16, 5), (16, 5), (8, 5)] and verdicts.shape == (5, 40) and bad == 0
-    assert torch.equal(verdicts, (y == 0).expand(5, 40))  # zero logits: argmax is class 0
-    # On the real model the chunks see different tap sets: the verdicts are those of separate runs.
-    torch.manual_seed(0)
-    chunked, _ = score_draws(DrawRunner(trained), x[:32], y[:32], 6, chunk=16)
-    torch.manual_seed(0)
-    runner = DrawRunner(trained)
-    with torch.no_grad():
-        first = runner(x[:16], TapSets.sample(6)).argmax(-1) == y[:16]
-        second = runner(x[16:32], TapSets.sample(6)).argmax(-1) == y[16:32]
-    assert torch.equal(chunked, torch.cat([first, second], 1))
 
 
 # -- bad input ------------------------------------------------------------------------------------

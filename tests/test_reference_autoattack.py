@@ -17,7 +17,7 @@ from dcspass.evaluation.reference import (
     pyautoattack_version,
     set_apgd_iterations,
 )
-from dcspass.evaluation.scoring import score_draws
+from dcspass.evaluation.scoring import Scorer
 
 from .test_evaluation import TinyDCSNet, _loader, fmnist_test, trained  # noqa: F401 (fixtures)
 
@@ -44,7 +44,7 @@ def test_rows_join_the_adaptive_protocol(trained, fmnist_test):  # noqa: F811
     assert report.config["pyautoattack"] == pyautoattack_version()
     acc = report.adaptive.accuracies
     for name in ROWS.values():
-        assert acc[name].examples == 8 and acc[name].draws == smoke.score_draws
+        assert acc[name].examples == 8 and acc[name].scoring.startswith("exact over all C(25,2)=300")
         assert 0 <= acc[name].all_correct <= acc[name].mean <= 1
         assert pyautoattack_version() in report.adaptive.descriptions[name]
     notes = report.adaptive.notes
@@ -84,9 +84,7 @@ def test_own_verdict_equals_the_rescored_one_when_deterministic(deterministic, f
     notes: list[str] = []
     attack = ReferenceAutoAttack(deterministic, 16 / 255, version, get_budget("smoke"), 10, 0, notes)
     adv = attack(x, y)
-    verdicts, _ = score_draws(DrawRunner(deterministic), adv, y, 4)
-    rescored = int(verdicts.all(0).sum())
-    assert (verdicts == verdicts[0]).all()
+    rescored = int(Scorer(DrawRunner(deterministic), 300, 4, 0)(adv, y).sum())
     assert attack.judged_robust == rescored, (attack.judged_robust, rescored)
     assert not any("randomized defense" in n for n in notes)
 

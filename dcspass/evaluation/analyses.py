@@ -13,8 +13,8 @@ tap of draw B is
 and B is built from one category only (when it holds n taps), as the paper's hand-made kernels are.
 
 Curves: accuracy vs PGD steps, vs eps, vs EOT samples, with both protocols on one plot: the paper
-protocol (attack on one frozen draw, fresh prediction) and the adaptive one (EOT-PGD scored on K
-fresh draws).
+protocol (attack on one frozen draw, one fresh draw per image predicts) and the adaptive one
+(EOT-PGD, scored like every adaptive row); every point carries its 95 % interval over images.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from ..layers import DCSConv2d
 from ..sampling import using_taps
 from .attacks import ExpectedModel, pgd
-from .protocols import EvalContext, batches
-from .scoring import score_draws
+from .protocols import EvalContext, batches, one_draw_per_image
+from .scoring import Accuracy
 
 __all__ = ["gradient_cosine", "overlap_classes", "sweeps"]
 
@@ -92,26 +92,23 @@ def gradient_cosine(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> dict:
     return result
 
 
-def _paper_accuracy(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor, attack) -> float:
-    correct = []
+def _paper_accuracy(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor, attack) -> Accuracy:
+    verdicts = []
     for xb, yb in batches(x, y, ctx.budget.batch_size):
         with ctx.frozen():
             adv = attack(xb, yb)
-        with torch.no_grad():
-            correct.append(ctx.model(adv).argmax(1) == yb)
-    return float(torch.cat(correct).float().mean())
+        v, bad = one_draw_per_image(ctx.model, adv, yb)
+        ctx.nonfinite += bad
+        verdicts.append(v)
+    return Accuracy.of(torch.cat(verdicts).double().cpu(), "one fresh draw per image")
 
 
 def _adaptive_accuracy(
     ctx: EvalContext, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, draws: int
-) -> float:
+) -> Accuracy:
     attack = pgd(ExpectedModel(ctx.model, ctx.runner, draws=draws), eps, steps)
-    verdicts = []
-    for xb, yb in batches(x, y, ctx.budget.batch_size):
-        v, bad = score_draws(ctx.runner, attack(xb, yb), yb, ctx.budget.score_draws)
-        ctx.nonfinite += bad
-        verdicts.append(v)
-    return float(torch.cat(verdicts, dim=1).float().mean())
+    adv = torch.cat([attack(xb, yb) for xb, yb in batches(x, y, ctx.budget.batch_size)])
+    return Accuracy.of(ctx.scorer(adv, y), ctx.scorer.method)
 
 
 def sweeps(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -121,18 +118,19 @@ def sweeps(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> dict:
     paper protocol's EOT curve is computed as PGD: with the taps frozen, torchattacks' EOTPGD averages
     ``eot_iter`` identical gradients, so it is PGD exactly (the flat line is the point of the curve).
 
-    Returns ``{"steps"|"eps"|"eot": {"values": [...], "paper": [...], "adaptive": [...], "fixed": str}}``.
+    Returns ``{"steps"|"eps"|"eot": {"values", "paper", "adaptive", "paper_interval",
+    "adaptive_interval", "fixed", "examples"}}``: accuracies and their 95 % intervals ``[low, high]``.
     """
     b, eps = ctx.budget, ctx.eps
-    cache: dict[tuple, float] = {}
+    cache: dict[tuple, Accuracy] = {}
 
-    def paper(e: float, steps: int) -> float:
+    def paper(e: float, steps: int) -> Accuracy:
         key = ("paper", round(e * 255, 6), steps)
         if key not in cache:
             cache[key] = _paper_accuracy(ctx, x, y, pgd(ctx.model, e, steps))
         return cache[key]
 
-    def adaptive(e: float, steps: int, draws: int) -> float:
+    def adaptive(e: float, steps: int, draws: int) -> Accuracy:
         key = ("adaptive", round(e * 255, 6), steps, draws)
         if key not in cache:
             cache[key] = _adaptive_accuracy(ctx, x, y, e, steps, draws)
@@ -162,5 +160,9 @@ def sweeps(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> dict:
         },
     }
     for curve in curves.values():
+        for protocol in ("paper", "adaptive"):
+            points = curve[protocol]
+            curve[protocol] = [a.mean for a in points]
+            curve[f"{protocol}_interval"] = [[a.low, a.high] for a in points]
         curve["examples"] = int(x.shape[0])
     return curves

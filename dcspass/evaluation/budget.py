@@ -29,14 +29,13 @@ class Budget:
         eot_steps, eot_samples: adaptive EOT-PGD.
         apgdt_targets: target classes of APGD-T in the reduced paper AutoAttack.
         apgd_steps, apgd_eot: adaptive AutoAttack ``rand`` (APGD-CE + APGD-DLR with EOT).
-        exact_steps, exact_max_sets, exact_examples: exact-expectation PGD on the first
-            ``exact_examples`` images; tap spaces above ``exact_max_sets`` are sampled.
+        exact_steps, exact_max_sets: exact-expectation PGD (every image); tap spaces above
+            ``exact_max_sets`` are sampled, by the attack and by the scoring alike.
         known_steps, transfer_steps: known-taps and transfer PGD.
         square_queries, square_eot: Square with EOT.
-        score_draws: K, fresh draws each adversarial example is scored on.
-        select_draws: extra fresh draws, beyond the K scoring ones, on which the derived rows
-            (AutoAttack rand, worst case) choose per example among the attacks' inputs; the chosen
-            input is then scored on K new draws, so the choice's noise does not bias the number.
+        sample_draws: draws per image when the scoring samples (more than one DCS layer, or a tap
+            space above ``exact_max_sets``); with one enumerable layer scoring is exact.
+        all_correct_k: K of the all-K-correct accuracy (mean over images of p_i^K).
         sweep_steps, sweep_eps, sweep_eot, sweep_examples: accuracy-vs-attack-strength curves (Fig. 3).
         cosine_examples, cosine_pairs: gradient cosine-similarity analysis (Fig. 4): images, and
             pairs of draws per batch of images.
@@ -64,13 +63,12 @@ class Budget:
     apgd_eot: int = 20
     exact_steps: int = 100
     exact_max_sets: int = 1000
-    exact_examples: int = 1000
     known_steps: int = 100
     transfer_steps: int = 100
     square_queries: int = 5000
     square_eot: int = 20
-    score_draws: int = 20
-    select_draws: int = 20
+    sample_draws: int = 64
+    all_correct_k: int = 8
     sweep_steps: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
     sweep_eps: tuple[float, ...] = (2 / 255, 4 / 255, 8 / 255, 16 / 255, 32 / 255, 64 / 255)
     sweep_eot: tuple[int, ...] = (1, 2, 5, 10, 20)
@@ -87,7 +85,7 @@ class Budget:
         return (
             f"budget={self.name}: {self.examples} images, paper x{self.repeats} repeats, "
             f"EOT-PGD {self.eot_steps} steps x {self.eot_samples} draws, APGD {self.apgd_steps} it. "
-            f"EOT {self.apgd_eot}, K={self.score_draws} scoring draws (+{self.select_draws} to select)"
+            f"EOT {self.apgd_eot}, exact PGD {self.exact_steps} steps; all-{self.all_correct_k}-correct"
         )
 
     def to_dict(self) -> dict:
@@ -118,13 +116,10 @@ BUDGETS: dict[str, Budget] = {
         apgd_eot=4,
         exact_steps=5,
         exact_max_sets=300,
-        exact_examples=16,
         known_steps=10,
         transfer_steps=10,
         square_queries=20,
         square_eot=2,
-        score_draws=8,
-        select_draws=24,
         sweep_steps=(1, 10),
         sweep_eps=(8 / 255, 64 / 255),
         sweep_eot=(1, 8),
@@ -156,13 +151,12 @@ BUDGETS: dict[str, Budget] = {
         apgd_eot=2,
         exact_steps=1,
         exact_max_sets=300,
-        exact_examples=4,
         known_steps=3,
         transfer_steps=3,
         square_queries=10,
         square_eot=2,
-        score_draws=4,
-        select_draws=4,
+        sample_draws=8,
+        all_correct_k=4,
         sweep_steps=(1, 3),
         sweep_eps=(8 / 255, 64 / 255),
         sweep_eot=(1, 2),

@@ -24,7 +24,7 @@ from .analyses import gradient_cosine
 from .budget import Budget, get_budget
 from .draws import DrawRunner
 from .protocols import EvalContext
-from .scoring import score_draws
+from .scoring import Accuracy
 
 __all__ = ["compare_gradient_cosine", "cosine_comparison_markdown", "plot_cosine_comparison"]
 
@@ -72,11 +72,13 @@ def compare_gradient_cosine(
         ctx = EvalContext(model, runner, 8 / 255, b, classes, seed)
         torch.manual_seed(seed)
         cosine = gradient_cosine(ctx, xs, ys)
-        verdicts, _ = score_draws(runner, xs, ys, b.score_draws)  # chunks the images itself
+        clean = Accuracy.of(ctx.scorer(xs, ys), ctx.scorer.method, b.all_correct_k)
         results[label] = {
             "cosine": cosine,
-            "clean": float(verdicts.float().mean()),
-            "clean_all_correct": float(verdicts.all(0).float().mean()),
+            "clean": clean.mean,
+            "clean_interval": [clean.low, clean.high],
+            "clean_all_correct": clean.all_correct,
+            "scoring": clean.scoring,
             "examples": int(xs.shape[0]),
             "budget": b.name,
         }

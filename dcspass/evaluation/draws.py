@@ -164,6 +164,7 @@ class DrawRunner:
         self.model = model
         self.max_rows = max_rows
         layers = list(dcs_layers(model))
+        self.layer_count = len(layers)
         self.first_name, self.first_layer = layers[0] if layers else ("", None)
         self.deterministic = not layers
         self._split: _Split | None = None

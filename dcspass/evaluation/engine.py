@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Iterable
@@ -36,6 +37,8 @@ def evaluate(
     seed: int = 0,
     eps: float = 8 / 255,
     repeats: int | None = None,
+    examples: int | None = None,
+    all_correct_k: int | None = None,
     analyses: bool = True,
 ) -> Report:
     """Evaluate a (DCS) classifier under the paper protocol, the adaptive protocol, or both.
@@ -53,6 +56,8 @@ def evaluate(
         seed: base seed; paper-protocol repeat r uses ``seed + r``.
         eps: L_inf radius on the [0, 1] scale (8/255, not 8).
         repeats: paper-protocol repeats (default: the budget's).
+        examples: test images to evaluate (default: the budget's ``examples``).
+        all_correct_k: K of the all-K-correct accuracy (default: the budget's).
         analyses: also run the gradient-similarity analysis and the strength sweeps (and the checks on them).
 
     Returns:
@@ -60,7 +65,7 @@ def evaluate(
 
     Raises:
         EvaluationError: eps outside (0, 1], an unknown protocol or budget, an empty loader, inputs
-            outside [0, 1], or labels the model cannot output.
+            outside [0, 1], labels the model cannot output, or examples / repeats / all_correct_k < 1.
     """
     if not isinstance(eps, (int, float)) or not 0 < eps <= 1:
         hint = (
@@ -72,8 +77,11 @@ def evaluate(
     if protocol not in PROTOCOLS:
         raise EvaluationError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     b = get_budget(budget)
-    if repeats is not None and repeats < 1:
-        raise EvaluationError(f"repeats must be >= 1, got {repeats}")
+    for name, value in (("repeats", repeats), ("examples", examples), ("all_correct_k", all_correct_k)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise EvaluationError(f"{name} must be an integer >= 1, got {value!r}")
+    overrides = {"examples": examples, "all_correct_k": all_correct_k}
+    b = dataclasses.replace(b, **{k: v for k, v in overrides.items() if v is not None})
     repeats = repeats or b.repeats
     if device is None:
         param = next(model.parameters(), None)
@@ -124,6 +132,7 @@ def evaluate(
             }
             for n, layer in layers
         ],
+        "scoring": ctx.scorer.method,
         "runner": "prefix shared across draws (torch.fx split)"
         if runner.split
         else f"full forwards ({runner.fallback_reason or 'deterministic model'})",

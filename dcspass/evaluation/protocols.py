@@ -1,12 +1,13 @@
-"""The two protocols: the paper's (Algorithm 2) and the adaptive one (DESIGN.md §5).
+"""The two protocols: the paper's (Algorithm 2) and the adaptive one.
 
 - paper protocol: per batch the attack runs inside ``frozen_taps`` (one draw for all its
-  iterations); the prediction is one fresh forward. Repeated with different seeds; mean +- std.
+  iterations); the prediction is one fresh draw per image. Repeated with different seeds.
 - adaptive protocol: attacks see the tap distribution (EOT over batched draws, the exact expectation
-  over every tap set, Square judged on the average of many forwards), plus known-taps and transfer;
-  every adversarial input is scored on K fresh draws, and per example the worst input over the
-  attacks is kept by its expected accuracy over those draws and ``budget.select_draws`` more, then
-  re-scored on K new draws.
+  over every tap set, Square judged on the average of many forwards), plus known-taps and transfer.
+  Every adversarial input is scored by ``Scorer``: per image, the probability that a fresh draw
+  classifies it correctly, exact over all tap sets where they can be enumerated, else from the same
+  independent draws per image for every input. The worst case is, per image, the minimum of those
+  probabilities over the attacks, so it is never above a row it covers.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .attacks import (
 from .budget import Budget
 from .draws import DrawRunner, all_tap_sets, n_tap_sets
 from .reference import reference_attacks
-from .scoring import Accuracy, score_draws, summarize
+from .scoring import Accuracy, Scorer
 
 __all__ = [
     "ADAPTIVE_LABEL",
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 PAPER_LABEL = "paper protocol (attack and prediction use different taps)"
-ADAPTIVE_LABEL = "adaptive protocol (attacks see the tap distribution; scored on K fresh draws)"
+ADAPTIVE_LABEL = "adaptive protocol (attacks see the tap distribution; each input scored over the tap draw)"
 
 
 @dataclass
@@ -63,6 +64,11 @@ class EvalContext:
     seed: int
     transfer_source: nn.Module | None = None
     nonfinite: int = 0
+    scorer: Scorer = field(init=False)
+
+    def __post_init__(self) -> None:
+        b = self.budget
+        self.scorer = Scorer(self.runner, b.exact_max_sets, b.sample_draws, self.seed)
 
     @property
     def randomized(self) -> bool:
@@ -151,40 +157,48 @@ def paper_attacks(ctx: EvalContext, seed: int) -> dict[str, tuple[str, AttackFn]
     }
 
 
+def one_draw_per_image(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Verdicts ``[B]`` (True = correct) of one fresh, independent draw per image, and the count of
+    non-finite values. One draw serves a whole batch, so one forward per image keeps the images'
+    draws independent (a batch-wide draw moves every image's verdict together)."""
+    with torch.no_grad():
+        logits = torch.cat([model(x[i : i + 1]) for i in range(x.shape[0])])
+    finite = torch.isfinite(logits).all(-1)
+    return (logits.argmax(1) == y) & finite, int((~finite).sum())
+
+
 def run_paper(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor, repeats: int) -> ProtocolResult:
-    """Algorithm 2: per batch, attack with one frozen draw; predict with one fresh draw; ``repeats`` seeds."""
+    """Algorithm 2: per batch, attack with one frozen draw; predict with one fresh draw per image;
+    ``repeats`` seeds. Each row's per-image values are the fraction of repeats that got it right."""
     result = ProtocolResult(PAPER_LABEL)
-    per_repeat: dict[str, list[float]] = {}
+    per_repeat: dict[str, list[torch.Tensor]] = {}
     model = ctx.model
     for r in range(repeats):
         torch.manual_seed(ctx.seed + r)
         attacks = paper_attacks(ctx, ctx.seed + r)
         correct: dict[str, list[torch.Tensor]] = {"clean": []}
-        result.descriptions["clean"] = "no attack, one fresh draw"
+        result.descriptions["clean"] = "no attack"
         for xb, yb in batches(x, y, ctx.budget.batch_size):
-            with torch.no_grad():
-                correct["clean"].append(model(xb).argmax(1) == yb)
+            v, bad = one_draw_per_image(model, xb, yb)
+            correct["clean"].append(v)
+            ctx.nonfinite += bad
             for name, (description, attack) in attacks.items():
                 result.descriptions[name] = description
                 start = time.perf_counter()
                 with ctx.frozen():
                     adv = attack(xb, yb)
-                with torch.no_grad():
-                    logits = model(adv)  # a fresh draw: the prediction does not see the attack's taps
-                ctx.nonfinite += int((~torch.isfinite(logits)).sum()) + int((~torch.isfinite(adv)).sum())
-                correct.setdefault(name, []).append(logits.argmax(1) == yb)
+                # Fresh draws: the prediction does not see the attack's taps.
+                v, bad = one_draw_per_image(model, adv, yb)
+                ctx.nonfinite += bad + int((~torch.isfinite(adv)).sum())
+                correct.setdefault(name, []).append(v)
                 result.seconds[name] = result.seconds.get(name, 0.0) + time.perf_counter() - start
         for name, parts in correct.items():
-            per_repeat.setdefault(name, []).append(float(torch.cat(parts).float().mean()))
-    for name, accs in per_repeat.items():
-        t = torch.tensor(accs)
-        result.accuracies[name] = Accuracy(
-            mean=float(t.mean()),
-            std=float(t.std()) if len(accs) > 1 else 0.0,
-            repeats=len(accs),
-            draws=1,
-            examples=int(x.shape[0]),
-            per_repeat=accs,
+            per_repeat.setdefault(name, []).append(torch.cat(parts).double().cpu())
+    scoring = "one fresh draw per image" if ctx.randomized else "deterministic model: one forward"
+    for name, rows in per_repeat.items():
+        stacked = torch.stack(rows)  # [repeats, N]
+        result.accuracies[name] = Accuracy.of(
+            stacked.mean(0), scoring, per_repeat=[float(row.mean()) for row in rows]
         )
     return result
 
@@ -286,34 +300,23 @@ def under_one_draw(model: nn.Module, attack: AttackFn) -> AttackFn:
 def known_taps_batch(
     ctx: EvalContext, x: torch.Tensor, y: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
-    """Known-taps attack on one batch: one draw frozen for the PGD attack and all K scoring forwards.
+    """Known-taps attack on one batch: one draw frozen for the PGD attack and for the prediction.
 
-    Returns ``(x_adv, verdicts [K, B], the frozen taps {layer: LongTensor[n]} or None)``.
+    Returns ``(x_adv, verdicts [B] (True = correct), the frozen taps {layer: LongTensor[n]} or None)``.
     """
     with ctx.frozen() as taps:
         adv = pgd(ctx.model, ctx.eps, ctx.budget.known_steps)(x, y)
-        v, bad = score_draws(ctx.runner, adv, y, ctx.budget.score_draws)
-    ctx.nonfinite += bad
-    return adv, v, taps
-
-
-def selection_draws(ctx: EvalContext, adv: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
-    """Verdicts ``[select_draws, N]`` of fresh draws used only to choose among attacks (none when
-    the model is deterministic: every draw would agree with the scoring ones)."""
-    if not ctx.randomized or ctx.budget.select_draws == 0:
-        return []
-    verdicts, bad = score_draws(ctx.runner, adv, y, ctx.budget.select_draws)  # chunks the images itself
-    ctx.nonfinite += bad
-    return [verdicts]
+        with torch.no_grad():
+            logits = ctx.model(adv)
+    finite = torch.isfinite(logits).all(-1)
+    ctx.nonfinite += int((~finite).sum())
+    return adv, (logits.argmax(1) == y) & finite, taps
 
 
 def run_adaptive(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> ProtocolResult:
-    """Every adaptive attack, scored on K fresh draws; AutoAttack-rand and the per-example worst case derived.
-
-    An attack with a smaller image budget (the exact expectation: ``budget.exact_examples``) runs on
-    the first images only; its row says how many, and the worst case uses it where it ran.
-    """
-    b, runner, k = ctx.budget, ctx.runner, ctx.budget.score_draws
+    """Every adaptive attack on every image, each input scored by ``ctx.scorer``; AutoAttack rand and
+    the worst case are per-image minima of the scored probabilities of their members."""
+    b, scorer, k = ctx.budget, ctx.scorer, ctx.budget.all_correct_k
     result = ProtocolResult(ADAPTIVE_LABEL)
     torch.manual_seed(ctx.seed)
     attacks = adaptive_attacks(ctx, result.notes)
@@ -324,75 +327,36 @@ def run_adaptive(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> Protocol
         )
     if ctx.transfer_source is None:
         result.notes.append("transfer: skipped (no transfer_source given)")
-
-    def scored(adv: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        v, bad = score_draws(runner, adv, yb, k)
-        ctx.nonfinite += bad
-        return v
-
-    verdicts: dict[str, torch.Tensor] = {
-        "clean": torch.cat([scored(xb, yb) for xb, yb in batches(x, y, b.batch_size)], 1)
-    }
+    result.notes.append(f"scoring: {scorer.method}")
+    probs: dict[str, torch.Tensor] = {"clean": scorer(x, y)}
     result.descriptions["clean"] = "no attack"
-    candidates: dict[str, torch.Tensor] = {}
+    members: list[str] = []
     for name, (description, attack, worst) in attacks.items():
-        limit = b.exact_examples if name == "exact expectation" else x.shape[0]
-        xs, ys = x[:limit], y[:limit]
         start = time.perf_counter()
-        advs, vs = [], []
-        for xb, yb in batches(xs, ys, b.batch_size):
-            advs.append(attack(xb, yb))
-            vs.append(scored(advs[-1], yb))
+        adv = torch.cat([attack(xb, yb) for xb, yb in batches(x, y, b.batch_size)])
+        ctx.nonfinite += int((~torch.isfinite(adv)).sum())
+        probs[name] = scorer(adv, y)
         result.seconds[name] = time.perf_counter() - start
-        result.descriptions[name] = description + (
-            f" (first {xs.shape[0]} images)" if limit < x.shape[0] else ""
-        )
-        verdicts[name] = torch.cat(vs, 1)
+        result.descriptions[name] = description
         if worst:
-            candidates[name] = torch.cat(advs)
-    # Known taps: one draw frozen for the attack and for every scoring forward (the draw leaked).
+            members.append(name)
+    for name, group, description in (
+        ("AutoAttack rand", ("APGD-CE (EOT)", "APGD-DLR (EOT)"), "per image the worse of APGD-CE/-DLR (EOT)"),
+        ("worst case", tuple(members), "per image the minimum over every attack above (known taps apart)"),
+    ):
+        probs[name] = torch.stack([probs[m] for m in group]).min(0).values
+        result.descriptions[name] = description
+    for name, p in probs.items():
+        result.accuracies[name] = Accuracy.of(p, scorer.method, k)
+    # Known taps: one draw frozen for the attack and the prediction (the damage if a draw leaks); a
+    # different threat model, so it stays out of the worst case.
     start = time.perf_counter()
-    vs = []
-    for xb, yb in batches(x, y, b.batch_size):
-        _, v, _ = known_taps_batch(ctx, xb, yb)
-        vs.append(v)
-    verdicts["known taps"] = torch.cat(vs, 1)
+    verdicts = torch.cat([known_taps_batch(ctx, xb, yb)[1] for xb, yb in batches(x, y, b.batch_size)])
     result.seconds["known taps"] = time.perf_counter() - start
     result.descriptions["known taps"] = (
         f"PGD, {b.known_steps} steps, one draw frozen for attack and prediction (the damage if a draw leaks)"
     )
-    # Derived rows: per example the input with the lowest expected accuracy over the K scoring draws
-    # and ``select_draws`` more, re-scored on K fresh draws. Choosing on the scoring draws alone is
-    # noisy at small K, and scoring the choice on the draws it was chosen on would bias it downwards.
-    select = {
-        m: torch.cat([verdicts[m], *selection_draws(ctx, candidates[m], y[: candidates[m].shape[0]])])
-        for m in candidates
-    }
-    for name, members, description in (
-        (
-            "AutoAttack rand",
-            ("APGD-CE (EOT)", "APGD-DLR (EOT)"),
-            "per example the worse of APGD-CE/-DLR (EOT)",
-        ),
-        (
-            "worst case",
-            tuple(candidates),
-            "per example the worst input over the attacks above except known taps",
-        ),
-    ):
-        acc = torch.full((len(members), x.shape[0]), float("inf"), device=x.device)
-        advs = x.unsqueeze(0).repeat(len(members), *[1] * x.dim())
-        for i, m in enumerate(members):
-            n = candidates[m].shape[0]
-            acc[i, :n] = select[m].float().mean(0)
-            advs[i, :n] = candidates[m]
-        pick = acc.argmin(0)
-        chosen = advs[pick, torch.arange(x.shape[0], device=x.device)]
-        verdicts[name] = torch.cat([scored(xb, yb) for xb, yb in batches(chosen, y, b.batch_size)], 1)
-        result.descriptions[name] = description + (
-            f", by expected accuracy over {k + b.select_draws if ctx.randomized else k} draws, "
-            "re-scored on K fresh draws"
-        )
-    for name, v in verdicts.items():
-        result.accuracies[name] = summarize(v)
+    result.accuracies["known taps"] = Accuracy.of(
+        verdicts.double().cpu(), "the attack's own draw (one frozen draw per batch)"
+    )
     return result

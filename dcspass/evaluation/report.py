@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .protocols import ProtocolResult
 from .sanity import SanityCheck
+from .scoring import Accuracy
 
 __all__ = ["Report"]
 
@@ -70,6 +71,7 @@ class Report:
             f"- threat model: L_inf eps = {c['eps'] * 255:.2f}/255 on [0, 1] inputs; "
             f"{c['examples']} test images",
             f"- **{c['budget_line']}**",
+            f"- scoring: {c['scoring']}; accuracies are means over images, with 95 % intervals over images",
             f"- seed {c['seed']}; device {c['device']}; draw runner: {c['runner']}",
             "",
         ]
@@ -103,9 +105,11 @@ class Report:
             for key, curve in sweeps.items():
                 paper = [round(a, 3) for a in curve["paper"]]
                 adaptive = [round(a, 3) for a in curve["adaptive"]]
+                widest = max(hi - lo for lo, hi in curve["paper_interval"] + curve["adaptive_interval"])
                 lines.append(
                     f"- {key} {curve['values']}: paper {paper}, adaptive {adaptive} "
-                    f"({curve['fixed']}; {curve['examples']} images, budget {self.budget})"
+                    f"({curve['fixed']}; {curve['examples']} images, budget {self.budget}; "
+                    f"95 % intervals up to {widest:.2f} wide, see report.json)"
                 )
         if plots:
             lines += ["", "## Plots", ""]
@@ -123,44 +127,39 @@ class Report:
             lines += [f"## {result.label}", ""]
             if result is self.paper:
                 lines += [
-                    "| attack | accuracy (mean +- std) | repeats | images | budget | setting |",
+                    _row(
+                        "attack",
+                        "accuracy [95 % interval]",
+                        "std over repeats",
+                        "repeats",
+                        "images",
+                        "setting",
+                    ),
                     "|---|---|---|---|---|---|",
                 ]
                 for name, acc in result.accuracies.items():
                     lines.append(
                         _row(
                             name,
-                            f"{100 * acc.mean:.2f} +- {100 * acc.std:.2f} %",
+                            _percent(acc),
+                            f"{100 * acc.std:.2f}",
                             acc.repeats,
                             acc.examples,
-                            self.budget,
                             result.descriptions.get(name, ""),
                         )
                     )
             else:
+                k = self.config["budget"]["all_correct_k"]
                 lines += [
                     _row(
-                        "attack",
-                        "expected accuracy (+- std over draws)",
-                        "all-K-correct",
-                        "K draws",
-                        "images",
-                        "budget",
-                        "setting",
+                        "attack", "expected accuracy [95 % interval]", f"all-{k}-correct", "images", "setting"
                     ),
-                    "|---|---|---|---|---|---|---|",
+                    "|---|---|---|---|---|",
                 ]
                 for name, acc in result.accuracies.items():
+                    all_k = "n/a" if acc.all_correct is None else f"{100 * acc.all_correct:.2f} %"
                     lines.append(
-                        _row(
-                            name,
-                            f"{100 * acc.mean:.2f} +- {100 * acc.std:.2f} %",
-                            f"{100 * (acc.all_correct or 0):.2f} %",
-                            acc.draws,
-                            acc.examples,
-                            self.budget,
-                            result.descriptions.get(name, ""),
-                        )
+                        _row(name, _percent(acc), all_k, acc.examples, result.descriptions.get(name, ""))
                     )
             for note in result.notes:
                 lines.append(f"\nnote: {note}")
@@ -230,6 +229,11 @@ class Report:
             plt.close(fig)
             written["gradient cosine similarity"] = str(path)
         return written
+
+
+def _percent(acc: Accuracy) -> str:
+    """``"69.53 % [63.10, 75.20]"``: a mean accuracy and its 95 % interval, in percent."""
+    return f"{100 * acc.mean:.2f} % [{100 * acc.low:.2f}, {100 * acc.high:.2f}]"
 
 
 def _row(*cells: object) -> str:

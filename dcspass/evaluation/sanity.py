@@ -2,20 +2,19 @@
 
 They are the warning lights of gradient masking and broken attacks (Athalye et al. 2018, Carlini et
 al. 2019): accuracy must fall towards 0 as eps grows; more steps or EOT samples must not raise it
-beyond noise; a gradient-free attack must not beat the gradient-based ones by a wide margin; the taps
-must really change between forwards; no NaN or inf anywhere.
+beyond noise (disjoint 95 % intervals); a gradient-free attack must not beat the gradient-based ones
+by a wide margin; the taps must really change between forwards; no NaN or inf anywhere.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
 from ..sampling import dcs_layers
 from .protocols import EvalContext, ProtocolResult
-from .scoring import binomial_noise
+from .stats import paired_difference
 
 __all__ = [
     "GRADIENT_FREE_MARGIN",
@@ -57,13 +56,24 @@ class SanityCheck:
         }
 
 
+def _rises(curve: dict, protocol: str) -> list[str]:
+    """Steps along a curve where accuracy rises with the attack's strength beyond noise: the stronger
+    point's 95 % interval lies wholly above the weaker one's."""
+    values, intervals, acc = curve["values"], curve[f"{protocol}_interval"], curve[protocol]
+    return [
+        f"{protocol}: {acc[i]:.3f} -> {acc[i + 1]:.3f} at {values[i]:.4g} -> {values[i + 1]:.4g}"
+        for i in range(len(acc) - 1)
+        if intervals[i + 1][0] > intervals[i][1]
+    ]
+
+
 def check_eps_to_zero(curves: dict | None) -> SanityCheck:
     """Adaptive accuracy at the largest eps of the sweep (>= 32/255) is near 0, and falls with eps."""
     name = "accuracy falls towards 0 as eps grows"
     if not curves or "eps" not in curves:
         return SanityCheck(name, None, "no eps sweep was run")
-    eps, acc = curves["eps"]["values"], curves["eps"]["adaptive"]
-    n = curves["eps"]["examples"]
+    curve = curves["eps"]
+    eps, acc, n = curve["values"], curve["adaptive"], curve["examples"]
     if max(eps) < 32 - 1e-6:
         return SanityCheck(
             name,
@@ -71,63 +81,57 @@ def check_eps_to_zero(curves: dict | None) -> SanityCheck:
             f"the eps sweep stops at {max(eps):.1f}/255, below 32/255",
             {"eps": eps, "accuracy": acc},
         )
-    last = acc[eps.index(max(eps))]
-    rises = [
-        (eps[i], eps[i + 1]) for i in range(len(acc) - 1) if acc[i + 1] > acc[i] + binomial_noise(acc[i], n)
-    ]
-    ok = last <= LARGE_EPS_MAX_ACCURACY + binomial_noise(LARGE_EPS_MAX_ACCURACY, n) and not rises
-    detail = f"accuracy {last:.3f} at eps {max(eps):.0f}/255 (limit {LARGE_EPS_MAX_ACCURACY:.2f} + noise)"
+    last = eps.index(max(eps))
+    low = curve["adaptive_interval"][last][0]
+    rises = _rises(curve, "adaptive")
+    ok = low <= LARGE_EPS_MAX_ACCURACY and not rises
+    detail = (
+        f"accuracy {acc[last]:.3f} (95 % interval from {low:.3f}) at eps {max(eps):.0f}/255 "
+        f"(limit {LARGE_EPS_MAX_ACCURACY:.2f})"
+    )
     if rises:
-        detail += f"; rises beyond noise between eps {rises}"
+        detail += f"; rises beyond noise: {rises}"
     return SanityCheck(name, ok, detail, {"eps_255": eps, "accuracy": acc, "examples": n})
 
 
 def check_monotone(curves: dict | None, key: str, what: str) -> SanityCheck:
-    """Along a sweep, accuracy never rises beyond binomial noise as the attack gets stronger."""
+    """Along a sweep, accuracy never rises beyond noise (disjoint 95 % intervals) with the attack."""
     name = f"more {what} never raise accuracy"
     if not curves or key not in curves:
         return SanityCheck(name, None, f"no {what} sweep was run")
-    values, n = curves[key]["values"], curves[key]["examples"]
-    bad = []
-    for protocol in ("adaptive", "paper"):
-        acc = curves[key][protocol]
-        for i in range(len(acc) - 1):
-            if acc[i + 1] > acc[i] + binomial_noise(acc[i], n):
-                bad.append(f"{protocol}: {acc[i]:.3f} -> {acc[i + 1]:.3f} at {values[i]} -> {values[i + 1]}")
-    detail = "; ".join(bad) if bad else f"non-increasing within noise over {values} ({n} images)"
+    curve = curves[key]
+    values, n = curve["values"], curve["examples"]
+    bad = _rises(curve, "adaptive") + _rises(curve, "paper")
+    detail = "; ".join(bad) if bad else f"non-increasing within 95 % intervals over {values} ({n} images)"
     return SanityCheck(
-        name,
-        not bad,
-        detail,
-        {"values": values, "adaptive": curves[key]["adaptive"], "paper": curves[key]["paper"]},
+        name, not bad, detail, {"values": values, "adaptive": curve["adaptive"], "paper": curve["paper"]}
     )
 
 
 def check_gradient_free(adaptive: ProtocolResult | None) -> SanityCheck:
-    """Square (EOT) must not beat the best gradient-based attack by more than the margin + noise."""
+    """Square (EOT) must not beat the best gradient-based attack by more than the margin, beyond noise
+    (the paired 95 % interval of the difference on the same images)."""
     name = "gradient-free does not beat gradient-based"
     if adaptive is None or "Square (EOT)" not in adaptive.accuracies:
         return SanityCheck(name, None, "the adaptive protocol was not run")
     acc = adaptive.accuracies
-    images = acc["Square (EOT)"].examples
-    # Compare on the same images only (the exact-expectation attack may run on fewer).
     gradient_based = {
         k: acc[k].mean
         for k in ("EOT-PGD", "APGD-CE (EOT)", "APGD-DLR (EOT)", "exact expectation")
-        if k in acc and acc[k].examples == images
+        if k in acc
     }
     best_name = min(gradient_based, key=gradient_based.get)
     best, free = gradient_based[best_name], acc["Square (EOT)"].mean
-    # Paired noise: both attacks ran on the same images, so the spread of the per-image differences counts.
-    diff = torch.tensor(acc[best_name].per_example) - torch.tensor(acc["Square (EOT)"].per_example)
-    paired = 2 * float(diff.std()) / math.sqrt(images) if images > 1 else 1.0
-    limit = GRADIENT_FREE_MARGIN + paired
-    ok = free >= best - limit
+    diff = paired_difference(acc[best_name].per_example, acc["Square (EOT)"].per_example)
+    ok = diff.low <= GRADIENT_FREE_MARGIN
     detail = (
-        f"Square (EOT) {free:.3f} vs best gradient-based {best_name} {best:.3f} "
-        f"(fails below {best - limit:.3f} = margin {GRADIENT_FREE_MARGIN} + 2 paired s.e.: gradient masking)"
+        f"Square (EOT) {free:.3f} vs best gradient-based {best_name} {best:.3f}: it is lower by "
+        f"{diff.mean:.3f} [{diff.low:.3f}, {diff.high:.3f}] (fails when the whole interval exceeds "
+        f"{GRADIENT_FREE_MARGIN}: gradient masking)"
     )
-    return SanityCheck(name, ok, detail, {"square": free, "gradient_based": gradient_based, "margin": limit})
+    return SanityCheck(
+        name, ok, detail, {"square": free, "gradient_based": gradient_based, "difference": diff.to_dict()}
+    )
 
 
 def check_taps_change(ctx: EvalContext, x: torch.Tensor, forwards: int = 10) -> SanityCheck:
@@ -164,10 +168,10 @@ def check_taps_change(ctx: EvalContext, x: torch.Tensor, forwards: int = 10) -> 
 
 def check_finite(ctx: EvalContext) -> SanityCheck:
     """No NaN or inf in any adversarial input or any logit scored."""
-    ok = ctx.nonfinite == 0
+    count = ctx.nonfinite + ctx.scorer.nonfinite
     return SanityCheck(
         "no NaN/inf",
-        ok,
-        f"{ctx.nonfinite} non-finite values in adversarial inputs and logits",
-        {"nonfinite": ctx.nonfinite},
+        count == 0,
+        f"{count} non-finite values in adversarial inputs and logits",
+        {"nonfinite": count},
     )

@@ -1,102 +1,169 @@
-"""Scoring adversarial examples on K fresh draws, and summarising the per-example verdicts.
+"""Scoring inputs on a randomized model: the per-image probability that a fresh draw classifies right.
 
-A randomized model has no single accuracy on an input: each draw of taps may decide differently.
-``score_draws`` returns the verdicts of K fresh draws per example (fresh per chunk of 16 images, so
-one unlucky draw does not move a whole batch); from them:
+A DCS model has no single verdict on an input; what a defender can promise is, per image, the
+probability p_i over the tap draw that one deployed forward classifies it correctly. ``Scorer``
+computes it
 
-- expected accuracy: the mean over examples and draws (an estimate of the probability that one
-  deployed forward classifies the adversarial input correctly);
-- all-K-correct accuracy: the fraction of examples that every one of the K draws gets right (what a
-  defender can promise against an attacker who may query K times).
+- **exactly** when the tap space can be enumerated (one DCS layer, ``C(k*k, n) <= max_sets`` tap
+  sets: 300 for k=5, n=2): the model runs once before the DCS layer and then under every tap set
+  (``DrawRunner``), and p_i is the fraction of tap sets that classify image i correctly;
+- **by sampling** otherwise: ``draws`` (>= 64 by default) draws per image, independent between
+  images (every image runs alone, under its own seed) and the same for every input scored on that
+  image (common random numbers: a per-image minimum over attacks compares like with like);
+- as a 0/1 verdict for a deterministic model.
+
+From the p_i: the expected accuracy (their mean) and the probability that all K independent draws
+are correct (the mean of p_i^K, exact when p_i is; what a defender can promise to an attacker who
+may query K times). Intervals come from ``stats``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
-from .draws import DrawRunner, TapSets
+from .draws import DrawRunner, TapSets, all_tap_sets, n_tap_sets
+from .stats import accuracy_interval
 
-__all__ = ["SCORE_CHUNK", "Accuracy", "binomial_noise", "score_draws", "summarize"]
+__all__ = ["Accuracy", "Scorer"]
 
-
-# Images per independent set of K draws when scoring. One draw of taps serves every image it is run
-# on, so scoring a whole batch on the same K draws makes the batch's accuracy move with the luck of
-# those K draws (a bad tap set is bad for most images). Fresh draws per chunk of images make the
-# error of a row's mean shrink with the number of images too, at the cost of more, smaller runs.
-SCORE_CHUNK = 16
+# Images per exact-scoring run: the runner handles M tap sets x B images in chunks of rows itself.
+EXACT_IMAGES = 32
 
 
-def score_draws(
-    runner: DrawRunner, x: torch.Tensor, y: torch.Tensor, draws: int, chunk: int = SCORE_CHUNK
-) -> tuple[torch.Tensor, int]:
-    """Verdicts of ``draws`` fresh draws, BoolTensor ``[K, B]`` (True = correct), and the count of
-    non-finite logits (a non-finite output counts as wrong). No gradients.
+class Scorer:
+    """Per-image probabilities of a correct prediction under a fresh draw of taps.
 
-    Every ``chunk`` images get their own K draws, independent of the other chunks' (see ``SCORE_CHUNK``).
+    Args:
+        runner: the model's ``DrawRunner``.
+        max_sets: the largest tap space scored exactly (one DCS layer only).
+        draws: draws per image when sampling.
+        seed: base of the per-image seeds of sampled scoring (image i uses ``seed * 1_000_003 + i``).
     """
-    parts = []
-    with torch.no_grad():
-        for start in range(0, x.shape[0], chunk):
-            parts.append(runner(x[start : start + chunk], TapSets.sample(draws)))
-    logits = torch.cat(parts, 1)
-    finite = torch.isfinite(logits).all(-1)
-    return (logits.argmax(-1) == y) & finite, int((~finite).sum()) + int((~torch.isfinite(x)).sum())
+
+    def __init__(self, runner: DrawRunner, max_sets: int, draws: int, seed: int) -> None:
+        self.runner = runner
+        self.draws = draws
+        self.seed = seed
+        self.nonfinite = 0
+        layer = runner.first_layer
+        self.tap_sets: torch.Tensor | None = None
+        if runner.deterministic:
+            self.method = "deterministic model: one forward"
+        elif runner.layer_count == 1 and n_tap_sets(layer) <= max_sets:
+            self.tap_sets = all_tap_sets(layer)
+            self.method = (
+                f"exact over all C({layer.num_positions},{layer.n})={n_tap_sets(layer)} tap sets "
+                f"of {runner.first_name}"
+            )
+        else:
+            why = (
+                f"{runner.layer_count} DCS layers"
+                if runner.layer_count > 1
+                else f"{n_tap_sets(layer)} tap sets > {max_sets}"
+            )
+            self.method = f"sampled: {draws} independent draws per image ({why})"
+
+    @property
+    def exact(self) -> bool:
+        """True when the probabilities carry no sampling noise (enumerated, or a deterministic model)."""
+        return self.tap_sets is not None or self.runner.deterministic
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """p_i for ``x [N, C, H, W]``, ``y [N]``: float64 ``[N]``, CPU (non-finite logits count wrong)."""
+        with torch.no_grad():
+            if self.runner.deterministic:
+                return self._correct(self.runner(x, TapSets.sample(1)), y).double().mean(0).cpu()
+            if self.tap_sets is not None:
+                sets = TapSets.given(self.tap_sets)
+                parts = [
+                    self._correct(self.runner(x[i : i + EXACT_IMAGES], sets), y[i : i + EXACT_IMAGES])
+                    for i in range(0, x.shape[0], EXACT_IMAGES)
+                ]
+                return torch.cat(parts, 1).double().mean(0).cpu()
+            parts = []
+            for i in range(x.shape[0]):
+                devices = [x.device] if x.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(self.seed * 1_000_003 + i)
+                    logits = self.runner(x[i : i + 1], TapSets.sample(self.draws))
+                parts.append(self._correct(logits, y[i : i + 1]))
+            return torch.cat(parts, 1).double().mean(0).cpu()
+
+    def _correct(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``[M, B]`` verdicts of logits ``[M, B, classes]``; non-finite rows are wrong and counted."""
+        finite = torch.isfinite(logits).all(-1)
+        self.nonfinite += int((~finite).sum())
+        return (logits.argmax(-1) == y) & finite
 
 
 @dataclass
 class Accuracy:
-    """One accuracy figure with its spread and how many samples it rests on.
+    """One accuracy figure: the mean over images, its 95 % interval, and what it rests on.
 
     Attributes:
-        mean: accuracy in [0, 1] (the mean over repeats for the paper protocol; the expected accuracy
-            over K draws for the adaptive protocol).
-        std: standard deviation over repeats (paper) or over draws (adaptive), in [0, 1].
-        repeats: repeats with different seeds; draws: K scoring draws per example; examples: images.
-        all_correct: all-K-correct accuracy (adaptive only), else None.
-        per_repeat: accuracy of each repeat (paper); per_example: expected accuracy of each image (adaptive).
+        mean: accuracy in [0, 1]: the mean over images of each image's probability of a correct
+            prediction (over the tap draw; for the paper protocol also averaged over repeats).
+        low, high: 95 % interval over images (``stats.accuracy_interval``).
+        examples: images; repeats: paper-protocol repeats (1 for the adaptive protocol).
+        scoring: how the per-image probabilities were obtained (exact, sampled, one draw per image).
+        all_correct: mean of p_i^K, the probability that all K independent draws are correct, and
+            all_correct_k: that K (None where not computed).
+        std: standard deviation over repeats (paper protocol), else 0.
+        per_repeat: accuracy of each repeat; per_example: each image's probability (mean over repeats).
     """
 
     mean: float
-    std: float
-    repeats: int
-    draws: int
+    low: float
+    high: float
     examples: int
+    scoring: str
+    repeats: int = 1
     all_correct: float | None = None
+    all_correct_k: int | None = None
+    std: float = 0.0
     per_repeat: list[float] = field(default_factory=list)
     per_example: list[float] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls,
+        per_example: torch.Tensor,
+        scoring: str,
+        k: int | None = None,
+        per_repeat: list[float] | None = None,
+    ) -> Accuracy:
+        """From per-image probabilities ``[N]`` (and, for the paper protocol, the repeats' accuracies)."""
+        p = per_example.double()
+        low, high = accuracy_interval(p.tolist())
+        repeats = per_repeat or []
+        std = float(torch.tensor(repeats).std()) if len(repeats) > 1 else 0.0
+        return cls(
+            mean=float(p.mean()),
+            low=low,
+            high=high,
+            examples=int(p.numel()),
+            scoring=scoring,
+            repeats=max(len(repeats), 1),
+            all_correct=float(p.pow(k).mean()) if k else None,
+            all_correct_k=k,
+            std=std,
+            per_repeat=repeats,
+            per_example=p.tolist(),
+        )
 
     def to_dict(self) -> dict:
         return {
             "mean": self.mean,
-            "std": self.std,
-            "repeats": self.repeats,
-            "draws": self.draws,
+            "low": self.low,
+            "high": self.high,
             "examples": self.examples,
+            "scoring": self.scoring,
+            "repeats": self.repeats,
             "all_correct": self.all_correct,
+            "all_correct_k": self.all_correct_k,
+            "std": self.std,
             "per_repeat": self.per_repeat,
             "per_example": self.per_example,
         }
-
-
-def summarize(verdicts: torch.Tensor) -> Accuracy:
-    """From verdicts ``[K, N]`` of one run: expected accuracy, its std over draws, all-K-correct."""
-    v = verdicts.float()
-    per_draw = v.mean(1)
-    return Accuracy(
-        mean=float(v.mean()),
-        std=float(per_draw.std()) if v.shape[0] > 1 else 0.0,
-        repeats=1,
-        draws=int(v.shape[0]),
-        examples=int(v.shape[1]),
-        all_correct=float(verdicts.all(0).float().mean()),
-        per_example=v.mean(0).tolist(),
-    )
-
-
-def binomial_noise(p: float, n: int) -> float:
-    """Two standard errors of an accuracy ``p`` measured on ``n`` examples, plus one example's worth."""
-    n = max(n, 1)
-    return 2 * math.sqrt(max(p * (1 - p), 0.0) / n) + 1 / n
