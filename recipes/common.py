@@ -28,7 +28,7 @@ from dcspass import bounds
 from dcspass.data import dataset_info, fashion_mnist_tensors, load_dataset
 from dcspass.errors import ConfigError, DCSError
 from dcspass.training import TrainConfig, TrainResult, paper_protocol_accuracy, train
-from dcspass.training.distributed import barrier, init_distributed
+from dcspass.training.distributed import DistContext, barrier, init_distributed
 
 __all__ = ["Placement", "RecipeSpec", "build_parser", "evaluate_pair", "main", "run"]
 
@@ -89,6 +89,7 @@ def build_parser(spec: RecipeSpec) -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="wrap the networks with torch.compile")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=1, help="train and evaluate seeds SEED .. SEED+N-1")
     p.add_argument("--workers", type=int, default=None, help="data-loader worker processes")
     p.add_argument(
         "--budget", default="default", choices=["smoke", "default", "full"], help="evaluation budget"
@@ -199,13 +200,15 @@ def evaluate_pair(
     eps: float,
     alpha: float,
     full: bool = True,
+    subjects: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the AT baseline and the DCS + GSAT network on the test set; the recipe's evaluation step.
 
     Always: clean and PGD-20 accuracy under the paper protocol (attack with frozen taps, prediction with
     a fresh draw) on the first ``QUICK_EXAMPLES[budget]`` test images, the same numbers for both
     networks. With ``full`` and ``dcspass.evaluate`` available: its report (paper and adaptive protocols,
-    the DCS network's transfer attack from the baseline), saved under ``OUT/eval_{at,dcs}/``.
+    the DCS network's transfer attack from the baseline), saved under ``OUT/eval_{at,dcs}/``, with
+    ``subjects[key]`` (model, checkpoint, dataset) in its headings and plot titles.
     """
     count = min(QUICK_EXAMPLES[budget], len(test_set))
     loader = DataLoader(Subset(test_set, range(count)), batch_size=128)
@@ -240,6 +243,7 @@ def evaluate_pair(
                 device=device,
                 seed=seed,
                 eps=eps,
+                subject=(subjects or {}).get(key, ""),
             )
         report.save(out / f"eval_{key}")
         reports[key] = report.to_dict()
@@ -296,7 +300,13 @@ FIG4A_LABELS = {"dcs": "DCS + GSAT", "dcs_at": "DCS + PGD-AT", "dcs_clean": "DCS
 
 
 def fig4a(
-    runs: dict[str, TrainResult], test_set: Dataset, budget: str, out: Path, device: torch.device, seed: int
+    runs: dict[str, TrainResult],
+    test_set: Dataset,
+    budget: str,
+    out: Path,
+    device: torch.device,
+    seed: int,
+    title: str = "",
 ) -> dict[str, Any]:
     """The paper's Fig. 4a: gradient cosine similarity between draws and clean accuracy of the same DCS
     network trained three ways, on the same test images; writes ``OUT/fig4a.png``."""
@@ -306,7 +316,7 @@ def fig4a(
     x, y = next(iter(DataLoader(Subset(test_set, range(count)), batch_size=count)))
     models = {label: runs[key].net for key, label in FIG4A_LABELS.items()}
     results = compare_gradient_cosine(models, x, y, budget=budget, seed=seed, device=device)
-    plot_cosine_comparison(results, out / "fig4a.png")
+    plot_cosine_comparison(results, out / "fig4a.png", title)
     return results
 
 
@@ -400,10 +410,77 @@ def _plot_curves(path: Path, runs: dict[str, TrainResult]) -> None:
 
 
 def run(spec: RecipeSpec, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
-    """Parse flags, train both networks, evaluate, write the report. Returns the results dict (rank 0)."""
+    """Parse flags, train both networks, evaluate, write the report. Returns the results dict (rank 0).
+
+    With ``--seeds N > 1``: seeds SEED .. SEED+N-1, each a full run in ``OUT/seed_S/``; ``OUT/results.json``
+    and ``results.md`` then give every seed's figures and their mean +- std across seeds.
+    """
     args = build_parser(spec).parse_args(argv)
     _check_args(args, spec)
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     ctx = init_distributed(args.device)
+    if args.seeds == 1:
+        return _run_seed(spec, args, argv, ctx)
+    payloads = []
+    for seed in range(args.seed, args.seed + args.seeds):
+        seed_args = argparse.Namespace(**{**vars(args), "seed": seed, "out": args.out / f"seed_{seed}"})
+        payloads.append(_run_seed(spec, seed_args, argv, ctx))
+    if not ctx.is_main:
+        return None
+    summary = seed_summary(payloads)
+    (args.out / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (args.out / "results.md").write_text(seed_markdown(spec, summary))
+    print(f"[{spec.name}] wrote {args.out / 'results.json'} and results.md ({args.seeds} seeds)")
+    return summary
+
+
+def _figures(payload: dict[str, Any]) -> dict[str, float]:
+    """The per-seed figures averaged across seeds: the quick table and the headline rows (percent)."""
+    evaluation = payload["evaluation"]
+    out = {}
+    for key, label in (("at", "PGD-AT"), ("dcs", "DCS + GSAT")):
+        quick = evaluation["quick"][key]
+        out[f"{label}: clean (quick table)"] = 100 * quick["clean_acc"]
+        out[f"{label}: PGD-20 (quick table)"] = 100 * quick["pgd20_acc"]
+    for row, r in (evaluation.get("headline") or {}).get("rows", {}).items():
+        out[f"PGD-AT: {row}"] = 100 * r["at"]["mean"]
+        out[f"DCS + GSAT: {row}"] = 100 * r["dcs"]["mean"]
+        out[f"DCS + GSAT - PGD-AT: {row}"] = 100 * r["difference"]["mean"]
+    return out
+
+
+def seed_summary(payloads: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and std (n - 1) across seeds of every per-seed figure, beside the per-seed values."""
+    per_seed = [_figures(p) for p in payloads]
+    seeds = [p["runs"]["dcs"]["config"]["seed"] for p in payloads]
+    figures = {}
+    for name in per_seed[0]:
+        values = torch.tensor([f[name] for f in per_seed], dtype=torch.float64)
+        figures[name] = {"values": values.tolist(), "mean": float(values.mean()), "std": float(values.std())}
+    return {"recipe": payloads[0]["recipe"], "seeds": seeds, "figures": figures, "runs": payloads}
+
+
+def seed_markdown(spec: RecipeSpec, summary: dict[str, Any]) -> str:
+    seeds = summary["seeds"]
+    lines = [
+        f"# {spec.name}: {len(seeds)} seeds ({', '.join(map(str, seeds))})",
+        "",
+        "Mean +- std across seeds (in %); each seed's full tables are in `seed_S/results.md`.",
+        "",
+        "| figure | mean +- std | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---|---|" + "---|" * len(seeds),
+    ]
+    for name, f in summary["figures"].items():
+        values = " | ".join(f"{v:.2f}" for v in f["values"])
+        lines.append(f"| {name} | {f['mean']:.2f} +- {f['std']:.2f} | {values} |")
+    return "\n".join(lines) + "\n"
+
+
+def _run_seed(
+    spec: RecipeSpec, args: argparse.Namespace, argv: Sequence[str] | None, ctx: DistContext
+) -> dict[str, Any] | None:
+    """One seed: train, evaluate, write ``args.out``'s results (rank 0 returns them)."""
     dataset, train_set, test_set = _datasets(args, spec)
     base_cfg, dcs_cfg = _configs(args, spec, dataset)
     message = _placement_message(spec, args.placement, args.n, args.k)
@@ -438,6 +515,10 @@ def run(spec: RecipeSpec, argv: Sequence[str] | None = None) -> dict[str, Any] |
     if not ctx.is_main:
         return None
     say(f"[{spec.name}] evaluating (budget {args.budget})")
+    subjects = {
+        key: f"{label}, {spec.arch} width {base_cfg.width}, {args.out / ckpt}, {dataset}"
+        for key, label, ckpt in (("at", "PGD-AT baseline", "pgd_at.pt"), ("dcs", "DCS + GSAT", "gsat.pt"))
+    }
     evaluation = evaluate_pair(
         runs["at"].net,
         runs["dcs"].net,
@@ -449,10 +530,15 @@ def run(spec: RecipeSpec, argv: Sequence[str] | None = None) -> dict[str, Any] |
         base_cfg.eps,
         base_cfg.alpha,
         full=not args.quick_eval,
+        subjects=subjects,
     )
     if args.fig4a:
         say(f"[{spec.name}] Fig. 4a: gradient similarity of DCS + GSAT, DCS + PGD-AT, DCS + clean training")
-        evaluation["fig4a"] = fig4a(runs, test_set, args.budget, args.out, ctx.device, args.seed)
+        title = (
+            f"Fig. 4a: {spec.arch} width {base_cfg.width}, DCS on {spec.placements[args.placement].layer}, "
+            f"trained three ways ({args.out}/gsat.pt, dcs_pgd_at.pt, dcs_clean.pt), {dataset}"
+        )
+        evaluation["fig4a"] = fig4a(runs, test_set, args.budget, args.out, ctx.device, args.seed, title)
     at_s, dcs_s = _mean_epoch_seconds(runs["at"]), _mean_epoch_seconds(runs["dcs"])
     payload = {
         "recipe": spec.name,

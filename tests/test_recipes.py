@@ -143,3 +143,21 @@ def test_full_evaluation_runs_at_the_recipes_eps(tmp_path):
         assert report["config"]["eps"] == pytest.approx(4 / 255)
         assert results["evaluation"]["evaluate"][key]["config"]["eps"] == pytest.approx(4 / 255)
     assert "eps = 4.00/255" in (tmp_path / "results.md").read_text()
+
+
+@needs_fmnist
+def test_seeds_run_each_seed_and_report_mean_and_std(tmp_path):
+    argv = [*SMOKE, "--no-fig4a", "--seeds", "2", "--out", str(tmp_path)]
+    summary = common.run(paper_rn18.SPEC, argv)
+    assert summary["seeds"] == [1, 2]
+    for seed in (1, 2):
+        per_seed = json.loads((tmp_path / f"seed_{seed}" / "results.json").read_text())
+        assert per_seed["runs"]["dcs"]["config"]["seed"] == seed
+    clean = summary["figures"]["DCS + GSAT: clean (quick table)"]
+    values = [100 * r["evaluation"]["quick"]["dcs"]["clean_acc"] for r in summary["runs"]]
+    assert clean["values"] == pytest.approx(values)
+    assert clean["mean"] == pytest.approx(sum(values) / 2)
+    assert clean["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+    assert "| DCS + GSAT: clean (quick table) |" in (tmp_path / "results.md").read_text()
+    with pytest.raises(dcspass.ConfigError, match="--seeds must be >= 1"):
+        common.run(paper_rn18.SPEC, ["--seeds", "0"])

@@ -14,7 +14,8 @@ and B is built from one category only (when it holds n taps), as the paper's han
 
 Curves: accuracy vs PGD steps, vs eps, vs EOT samples, with both protocols on one plot: the paper
 protocol (attack on one frozen draw, one fresh draw per image predicts) and the adaptive one
-(EOT-PGD, scored like every adaptive row); every point carries its 95 % interval over images.
+(EOT-PGD, scored on ``budget.sweep_draws`` independent draws per image); every point carries its
+95 % interval over images, which holds the draw noise.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ..layers import DCSConv2d
 from ..sampling import using_taps
 from .attacks import ExpectedModel, pgd
 from .protocols import EvalContext, batches, one_draw_per_image
-from .scoring import Accuracy
+from .scoring import Accuracy, Scorer
 
 __all__ = ["gradient_cosine", "overlap_classes", "sweeps"]
 
@@ -58,10 +59,17 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _stats(values: list[torch.Tensor]) -> dict:
+    """Mean, std, count and the 5/25/50/75/95 % quantiles (spread that stays inside [-1, 1])."""
     if not values:
-        return {"mean": None, "std": None, "count": 0}
-    v = torch.cat(values)
-    return {"mean": float(v.mean()), "std": float(v.std()) if v.numel() > 1 else 0.0, "count": int(v.numel())}
+        return {"mean": None, "std": None, "count": 0, "quantiles": None}
+    v = torch.cat(values).double()
+    q = torch.quantile(v, torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95], dtype=torch.float64))
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std()) if v.numel() > 1 else 0.0,
+        "count": int(v.numel()),
+        "quantiles": dict(zip(("q05", "q25", "median", "q75", "q95"), q.tolist(), strict=True)),
+    }
 
 
 def gradient_cosine(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> dict:
@@ -108,7 +116,10 @@ def _adaptive_accuracy(
 ) -> Accuracy:
     attack = pgd(ExpectedModel(ctx.model, ctx.runner, draws=draws), eps, steps)
     adv = torch.cat([attack(xb, yb) for xb, yb in batches(x, y, ctx.budget.batch_size)])
-    return Accuracy.of(ctx.scorer(adv, y), ctx.scorer.method)
+    scorer = Scorer(ctx.runner, 0, ctx.budget.sweep_draws, ctx.seed)  # max_sets 0: always sampled
+    probs = scorer(adv, y)
+    ctx.nonfinite += scorer.nonfinite
+    return Accuracy.of(probs, scorer.method)
 
 
 def sweeps(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> dict:

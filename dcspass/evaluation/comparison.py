@@ -101,49 +101,58 @@ def cosine_comparison_markdown(results: Mapping[str, dict]) -> list[str]:
     return lines
 
 
-def plot_cosine_comparison(results: Mapping[str, dict], path: str | Path) -> Path:
-    """One PNG: grouped bars of cosine similarity per overlap class for each model, and clean accuracy."""
+def plot_cosine_comparison(results: Mapping[str, dict], path: str | Path, title: str = "") -> Path:
+    """One PNG: per overlap class, each model's mean cosine similarity (bar) with its 25-75 % and
+    5-95 % quantiles (thick and thin whiskers, inside [-1, 1]); beside it, clean accuracy with its
+    95 % interval. ``title`` names what is compared (model, checkpoints, dataset)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = list(results)
-    fig, (ax, ax_acc) = plt.subplots(
-        1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, max(1, len(labels)) * 0.6]}
-    )
+    fig, (ax, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 1.4]})
     width = 0.8 / len(labels)
     for i, label in enumerate(labels):
         cosine = results[label]["cosine"]
-        means = [cosine.get(c, {}).get("mean") for c in CLASSES]
-        stds = [cosine.get(c, {}).get("std") for c in CLASSES]
-        xs = [j + (i - (len(labels) - 1) / 2) * width for j in range(len(CLASSES))]
-        ax.bar(
-            [p for p, m in zip(xs, means, strict=True) if m is not None],
-            [m for m in means if m is not None],
-            width,
-            yerr=[s for s, m in zip(stds, means, strict=True) if m is not None],
-            capsize=3,
-            label=label,
-        )
-    ax.set_xticks(range(len(CLASSES)), [CLASS_LABELS[c] for c in CLASSES])
+        for j, c in enumerate(CLASSES):
+            s = cosine.get(c, {})
+            if s.get("mean") is None:
+                continue
+            pos = j + (i - (len(labels) - 1) / 2) * width
+            ax.bar(pos, s["mean"], width, color=f"C{i}", label=label if j == 0 else None)
+            q = s.get("quantiles")
+            if q:
+                ax.vlines(pos, q["q05"], q["q95"], color="black", linewidth=0.8)
+                ax.vlines(pos, q["q25"], q["q75"], color="black", linewidth=3)
+    ax.set_xticks(range(len(CLASSES)), [CLASS_LABELS[c] for c in CLASSES], fontsize=8)
     ax.set_ylabel("cosine similarity of input gradients")
     ax.axhline(0, color="gray", linewidth=0.6)
     ax.grid(axis="y", alpha=0.3)
-    means = [r["cosine"].get(c, {}).get("mean") for r in results.values() for c in CLASSES]
-    low = min([0.0, *(m for m in means if m is not None)])
-    ax.set_ylim(low - 0.05, 1.3)  # headroom for the legend above the bars
-    ax.legend(fontsize=8, loc="upper center", ncol=len(labels))
+    lows = [r["cosine"].get(c, {}).get("quantiles", {}) or {} for r in results.values() for c in CLASSES]
+    low = min([0.0, *(q["q05"] for q in lows if q)])
+    ax.set_ylim(max(-1.0, low - 0.05), 1.0)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(labels))
     first = next(iter(results.values()))
     ax.set_title(
-        f"Gradient similarity between two draws ({first['examples']} images, budget {first['budget']})",
-        fontsize=10,
+        f"Gradient similarity between two draws: mean, 25-75 % and 5-95 % quantiles\n"
+        f"({first['examples']} images, budget {first['budget']})",
+        fontsize=9,
     )
-    ax_acc.bar(range(len(labels)), [100 * results[k]["clean"] for k in labels], color="tab:gray")
-    ax_acc.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
-    ax_acc.set_ylabel("clean accuracy (%), expected over K draws")
-    ax_acc.set_ylim(0, 100)
-    ax_acc.grid(axis="y", alpha=0.3)
+    clean = [100 * results[k]["clean"] for k in labels]
+    intervals = [results[k].get("clean_interval") or [results[k]["clean"]] * 2 for k in labels]
+    err = [
+        [c - 100 * lo for c, (lo, _) in zip(clean, intervals, strict=True)],
+        [100 * hi - c for c, (_, hi) in zip(clean, intervals, strict=True)],
+    ]
+    ax_acc.barh(range(len(labels)), clean, xerr=err, color=[f"C{i}" for i in range(len(labels))], capsize=3)
+    ax_acc.set_yticks(range(len(labels)), labels, fontsize=8)  # horizontal bars: long labels never collide
+    ax_acc.invert_yaxis()
+    ax_acc.set_xlabel("clean accuracy (%), 95 % interval")
+    ax_acc.set_xlim(0, 100)
+    ax_acc.grid(axis="x", alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

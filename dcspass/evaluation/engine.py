@@ -40,6 +40,7 @@ def evaluate(
     examples: int | None = None,
     all_correct_k: int | None = None,
     analyses: bool = True,
+    subject: str = "",
 ) -> Report:
     """Evaluate a (DCS) classifier under the paper protocol, the adaptive protocol, or both.
 
@@ -58,6 +59,8 @@ def evaluate(
         repeats: paper-protocol repeats (default: the budget's).
         examples: test images to evaluate (default: the budget's ``examples``).
         all_correct_k: K of the all-K-correct accuracy (default: the budget's).
+        subject: what is evaluated, for the report's heading and plot titles (e.g. "DCS + GSAT,
+            runs/x/gsat.pt, Fashion-MNIST"); default: the model's class and DCS layers.
         analyses: also run the gradient-similarity analysis and the strength sweeps (and the checks on them).
 
     Returns:
@@ -132,6 +135,7 @@ def evaluate(
             }
             for n, layer in layers
         ],
+        "subject": subject or _describe_model(model, layers),
         "scoring": ctx.scorer.method,
         "runner": "prefix shared across draws (torch.fx split)"
         if runner.split

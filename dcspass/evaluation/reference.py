@@ -58,6 +58,9 @@ def reference_attacks(ctx: EvalContext, notes: list[str]) -> dict[str, tuple[str
     ``notes`` receives pyautoattack's warnings and its own robust accuracy per row, or, when the package
     is missing, why the rows were skipped.
     """
+    if not ctx.budget.reference_rows:
+        notes.append(f"{ROWS['standard']} and {ROWS['rand']}: not run at budget {ctx.budget.name}")
+        return {}
     if pyautoattack_version() is None:
         notes.append(
             f"{ROWS['standard']} and {ROWS['rand']}: skipped, pyautoattack is not installed "

@@ -65,7 +65,7 @@ class Report:
         """The report as markdown: both protocols side by side, sanity checks, analyses, plot links."""
         c = self.config
         lines = [
-            "# dcspass evaluation report",
+            f"# dcspass evaluation report: {c.get('subject', c['model'])}",
             "",
             f"- model: {c['model']}",
             f"- threat model: L_inf eps = {c['eps'] * 255:.2f}/255 on [0, 1] inputs; "
@@ -185,21 +185,30 @@ class Report:
         out = Path(out_dir)
         written: dict[str, str] = {}
         sweeps = self.analyses.get("sweeps")
+        subject = self.config.get("subject", self.config["model"])
         if sweeps:
+            from matplotlib.ticker import MaxNLocator
+
             axes_labels = {"steps": "PGD steps", "eps": "eps (x/255)", "eot": "EOT samples per step"}
-            fig, axes = plt.subplots(1, len(sweeps), figsize=(4.5 * len(sweeps), 3.6), squeeze=False)
+            fig, axes = plt.subplots(1, len(sweeps), figsize=(4.5 * len(sweeps), 3.8), squeeze=False)
             for ax, (key, curve) in zip(axes[0], sweeps.items(), strict=True):
-                ax.plot(curve["values"], [100 * a for a in curve["paper"]], "o-", label="paper protocol")
-                ax.plot(
-                    curve["values"], [100 * a for a in curve["adaptive"]], "s-", label="adaptive protocol"
-                )
+                for protocol, marker in (("paper", "o-"), ("adaptive", "s-")):
+                    values = curve["values"]
+                    ax.plot(values, [100 * a for a in curve[protocol]], marker, label=f"{protocol} protocol")
+                    band = curve.get(f"{protocol}_interval")
+                    if band:
+                        ax.fill_between(
+                            values, [100 * lo for lo, _ in band], [100 * hi for _, hi in band], alpha=0.2
+                        )
                 ax.set_xlabel(axes_labels.get(key, key))
-                ax.set_ylabel("robust accuracy (%)")
+                if key in ("steps", "eot"):
+                    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.set_ylabel("robust accuracy (%), 95 % interval")
                 ax.set_ylim(0, 100)
                 ax.grid(alpha=0.3)
                 ax.legend(fontsize=8)
             fig.suptitle(
-                f"Accuracy vs attack strength (budget {self.budget}, "
+                f"Accuracy vs attack strength: {subject}\n(budget {self.budget}, "
                 f"{next(iter(sweeps.values()))['examples']} images)",
                 fontsize=10,
             )
@@ -213,15 +222,20 @@ class Report:
             keys = [k for k in ("overall", "s", "g", "u") if cosine.get(k, {}).get("mean") is not None]
             labels = {"overall": "independent\ndraw", "s": "X^s\n(same taps)", "g": "X^g", "u": "X^u"}
             fig, ax = plt.subplots(figsize=(5, 3.6))
-            ax.bar(
-                [labels[k] for k in keys],
-                [cosine[k]["mean"] for k in keys],
-                yerr=[cosine[k]["std"] for k in keys],
-                capsize=4,
-            )
+            ax.bar([labels[k] for k in keys], [cosine[k]["mean"] for k in keys])
+            for i, k in enumerate(keys):  # quantiles, not +- std: the spread stays inside [-1, 1]
+                q = cosine[k].get("quantiles")
+                if q:
+                    ax.vlines(i, q["q05"], q["q95"], color="black", linewidth=0.8)
+                    ax.vlines(i, q["q25"], q["q75"], color="black", linewidth=3)
             ax.set_ylabel("cosine similarity of input gradients")
-            ax.set_ylim(min(0.0, *[cosine[k]["mean"] for k in keys]) - 0.05, 1.05)
-            ax.set_title(f"Gradient similarity between two draws (budget {self.budget})", fontsize=10)
+            lows = [cosine[k]["quantiles"]["q05"] for k in keys if cosine[k].get("quantiles")]
+            ax.set_ylim(max(-1.0, min([0.0, *lows]) - 0.05), 1.0)
+            ax.set_title(
+                f"Gradient similarity between two draws: {subject}\n(mean; 25-75 % and 5-95 % quantiles; "
+                f"budget {self.budget})",
+                fontsize=9,
+            )
             ax.grid(axis="y", alpha=0.3)
             fig.tight_layout()
             path = out / "cosine.png"
