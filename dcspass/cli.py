@@ -116,6 +116,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .training.checkpoint import load_model
 
     budget = get_budget(args.budget)
+    for flag in ("examples", "all_correct_k", "repeats"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise EvaluationError(f"--{flag.replace('_', '-')} must be an integer >= 1, got {value}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, config = load_model(args.checkpoint, map_location=device)
     name = args.dataset or config.get("dataset")
@@ -145,7 +149,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         eps=args.eps,
         repeats=args.repeats,
+        examples=args.examples,
+        all_correct_k=args.all_correct_k,
         analyses=not args.no_analyses,
+        subject=f"{config.get('arch')}, {args.checkpoint}, {name}",
     )
     out = report.save(args.out)
     print(report.to_markdown())
@@ -199,6 +206,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="smoke (tests), default (CPU scale) or full (the paper's settings) (default: %(default)s)",
     )
     e.add_argument("--repeats", type=int, default=None, help="paper-protocol repeats (default: the budget's)")
+    e.add_argument(
+        "--examples", type=int, default=None, help="test images to evaluate (default: the budget's)"
+    )
+    e.add_argument(
+        "--all-correct-k",
+        type=int,
+        default=None,
+        help="K of the all-K-correct accuracy (default: the budget's)",
+    )
     e.add_argument("--eps", type=_eps, default=8 / 255, help="L_inf radius on [0, 1], e.g. 8/255")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")

@@ -141,10 +141,12 @@ def test_evaluate_a_checkpoint(tmp_path, capsys):
         tmp_path / "ck.pt", {"config": config.to_dict(), "model": build_network(config).state_dict()}
     )
     common = ["evaluate", "--checkpoint", str(tmp_path / "ck.pt"), "--budget", "smoke", "--no-analyses"]
-    code = main([*common, "--out", str(tmp_path / "out"), "--protocol", "paper", "--repeats", "1"])
-    assert code == 0
+    out = ["--out", str(tmp_path / "out"), "--protocol", "paper", "--repeats", "1", "--examples", "5"]
+    assert main([*common, *out]) == 0
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     assert data["config"]["repeats"] == 1 and data["adaptive"] is None
+    assert data["config"]["examples"] == 5 and data["paper"]["accuracies"]["clean"]["examples"] == 5
+    assert str(tmp_path / "ck.pt") in data["config"]["subject"]
     assert data["config"]["dcs_layers"][0]["name"] == "layer2.0.conv1"
     capsys.readouterr()
     assert main([*common, "--out", str(tmp_path / "bad"), "--eps", "8"]) == 2
@@ -159,3 +161,7 @@ def test_evaluate_bad_budget_fails_before_loading_anything(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: budget must be one of") and "never_read" not in err
+    argv = ["evaluate", "--checkpoint", str(missing), "--examples", "0", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --examples must be an integer >= 1, got 0") and "never_read" not in err
