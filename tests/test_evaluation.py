@@ -222,6 +222,7 @@ _MASKING_BUDGET = Budget(
     apgd_steps=3,
     apgd_eot=1,
     exact_steps=1,
+    exact_max_sets=10,  # sampled attack and scoring: 40 images x 300 tap sets per row is not needed here
     known_steps=1,
     square_queries=250,
     square_eot=1,
