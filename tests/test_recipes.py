@@ -142,7 +142,16 @@ def test_full_evaluation_runs_at_the_recipes_eps(tmp_path):
         report = json.loads((tmp_path / f"eval_{key}" / "report.json").read_text())
         assert report["config"]["eps"] == pytest.approx(4 / 255)
         assert results["evaluation"]["evaluate"][key]["config"]["eps"] == pytest.approx(4 / 255)
-    assert "eps = 4.00/255" in (tmp_path / "results.md").read_text()
+    markdown = (tmp_path / "results.md").read_text()
+    assert "eps = 4.00/255" in markdown
+    # The headline pairs both networks on the same images, with the difference and its verdict.
+    rows = results["evaluation"]["headline"]["rows"]
+    assert list(rows) == ["adaptive: clean", "paper: PGD-3", "adaptive: worst case"]
+    for row in rows.values():
+        d = row["difference"]
+        assert d["low"] <= d["mean"] <= d["high"] and d["examples"] == 8
+        assert d["mean"] == pytest.approx(row["dcs"]["mean"] - row["at"]["mean"])
+    assert "| adaptive: worst case |" in markdown and "at 8 images |" in markdown
 
 
 @needs_fmnist

@@ -1,8 +1,9 @@
-"""Evaluation engine: the paper's protocol and an adaptive protocol, side by side (DESIGN.md §5).
+"""Evaluation engine: the paper's protocol and an adaptive protocol, side by side.
 
 Layers, bottom up:
     draws (batched tap draws sharing the prefix) -> attacks (torchattacks on EOT / exact-expectation
-    wrappers) -> scoring (K fresh draws) -> protocols (paper, adaptive) -> sanity checks, analyses
+    wrappers) -> scoring (per image, exact over every tap set or sampled per image) and stats (95 %
+    intervals, paired differences) -> protocols (paper, adaptive) -> sanity checks, analyses
     -> report (JSON, markdown, PNGs) -> ``evaluate`` (engine); ``comparison`` sets several trained
     models side by side (Fig. 4a).
 """
