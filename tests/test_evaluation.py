@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import warnings
@@ -267,13 +268,12 @@ def test_small_run_of_both_protocols_writes_valid_report(trained, fmnist_test, t
     x, y = fmnist_test[0][:8], fmnist_test[1][:8]
     source = TinyDCSNet(dcs=False)
     source.load_state_dict(trained.state_dict())
-    report = evaluate(
-        trained, _loader(x, y, batch=4), protocol="both", budget="smoke", transfer_source=source
-    )
+    exact = dataclasses.replace(get_budget("smoke"), score_max_sets=300)  # smoke samples; score exactly
+    report = evaluate(trained, _loader(x, y, batch=4), protocol="both", budget=exact, transfer_source=source)
     out = report.save(tmp_path / "eval")
 
     data = json.loads((out / "report.json").read_text())
-    assert data["config"]["budget"]["name"] == "smoke"
+    assert data["config"]["budget"]["name"] == "smoke" and data["config"]["budget"]["score_max_sets"] == 300
     assert data["config"]["examples"] == 8
     paper = data["paper"]["accuracies"]
     assert set(paper) == {"clean", "PGD-3", "AutoAttack", "CW", "MIFGSM", "DeepFool", "EOTPGD"}

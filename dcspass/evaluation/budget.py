@@ -33,8 +33,10 @@ class Budget:
             ``exact_max_sets`` are sampled, by the attack and by the scoring alike.
         known_steps, transfer_steps: known-taps and transfer PGD.
         square_queries, square_eot: Square with EOT.
+        score_max_sets: the largest tap space scored exactly (None: ``exact_max_sets``); the smoke
+            budget samples, so tests on real networks stay fast.
         sample_draws: draws per image when the scoring samples (more than one DCS layer, or a tap
-            space above ``exact_max_sets``); with one enumerable layer scoring is exact.
+            space above ``score_max_sets``); with one enumerable layer scoring is exact.
         all_correct_k: K of the all-K-correct accuracy (mean over images of p_i^K).
         sweep_steps, sweep_eps, sweep_eot, sweep_examples: accuracy-vs-attack-strength curves (Fig. 3);
             sweep_draws: draws per image scoring their adaptive points (sampled, not exact, to keep
@@ -70,6 +72,7 @@ class Budget:
     transfer_steps: int = 100
     square_queries: int = 5000
     square_eot: int = 20
+    score_max_sets: int | None = None
     sample_draws: int = 64
     all_correct_k: int = 8
     sweep_steps: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
@@ -166,6 +169,7 @@ BUDGETS: dict[str, Budget] = {
         transfer_steps=3,
         square_queries=10,
         square_eot=2,
+        score_max_sets=0,
         sample_draws=8,
         all_correct_k=4,
         sweep_steps=(1, 3),

@@ -68,7 +68,8 @@ class EvalContext:
 
     def __post_init__(self) -> None:
         b = self.budget
-        self.scorer = Scorer(self.runner, b.exact_max_sets, b.sample_draws, self.seed)
+        limit = b.exact_max_sets if b.score_max_sets is None else b.score_max_sets
+        self.scorer = Scorer(self.runner, limit, b.sample_draws, self.seed)
 
     @property
     def randomized(self) -> bool:
