@@ -243,6 +243,9 @@ def adaptive_attacks(
         m, runner, draws=b.exact_max_sets if tap_sets is None and ctx.randomized else 1, tap_sets=tap_sets
     )
     eot_square = ExpectedModel(m, runner, draws=b.square_eot)
+    # Each exact step costs ~300 forward-backward passes: a short run takes steps of 2.5 eps / steps
+    # (Madry et al.'s rule) so it can cross the ball; long runs keep the usual eps / 4.
+    exact_alpha = max(eps / 4, 2.5 * eps / b.exact_steps)
     attacks: dict[str, tuple[str, AttackFn, bool]] = {
         # The paper protocol's attack, re-scored on K fresh draws: a candidate like any other, so the
         # worst case can never be weaker than the attack the paper reports.
@@ -267,8 +270,8 @@ def adaptive_attacks(
             True,
         ),
         "exact expectation": (
-            f"PGD, {b.exact_steps} steps, {exact_label}",
-            pgd(exact, eps, b.exact_steps),
+            f"PGD, {b.exact_steps} steps of {exact_alpha / eps:.2g} eps, {exact_label}",
+            pgd(exact, eps, b.exact_steps, alpha=exact_alpha),
             True,
         ),
         "Square (EOT)": (
