@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 import warnings
@@ -27,7 +28,9 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from dcspass import bounds
 from dcspass.data import dataset_info, fashion_mnist_tensors, load_dataset
 from dcspass.errors import ConfigError, DCSError
-from dcspass.training import TrainConfig, TrainResult, paper_protocol_accuracy, train
+from dcspass.preflight import output_dir
+from dcspass.training import TrainConfig, TrainResult, build_network, paper_protocol_accuracy, train
+from dcspass.training.checkpoint import check_compatible, load_checkpoint, remove_stale_temporaries
 from dcspass.training.distributed import barrier, init_distributed
 
 __all__ = ["Placement", "RecipeSpec", "build_parser", "evaluate_pair", "main", "run"]
@@ -85,7 +88,11 @@ def build_parser(spec: RecipeSpec) -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=2, help="taps per DCS forward")
     p.add_argument("--k", type=int, default=5, help="DCS kernel size")
     p.add_argument("--out", type=Path, default=Path(f"runs/{spec.name}"))
-    p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoints")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true", help="continue from OUT's checkpoints")
+    existing.add_argument(
+        "--overwrite", action="store_true", help="delete the run already in OUT and train from scratch"
+    )
     p.add_argument("--compile", action="store_true", help="wrap the networks with torch.compile")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0)
@@ -120,6 +127,73 @@ def _check_args(args: argparse.Namespace, spec: RecipeSpec) -> None:
             f"--dataset {args.dataset} needs --data-dir (nothing is downloaded); "
             "without --data-dir the recipe runs its embedded default on Fashion-MNIST"
         )
+
+
+def _trainings(
+    args: argparse.Namespace, base_cfg: TrainConfig, dcs_cfg: TrainConfig
+) -> list[tuple[str, TrainConfig, str]]:
+    """``(key, config, checkpoint label)`` of every network the recipe trains, in training order."""
+    trainings = [("at", base_cfg, "pgd_at"), ("dcs", dcs_cfg, "gsat")]
+    if args.fig4a:  # the same DCS network, trained as the paper's Fig. 4a compares it
+        trainings += [
+            ("dcs_at", replace(dcs_cfg, method="pgd_at"), "dcs_pgd_at"),
+            ("dcs_clean", replace(dcs_cfg, method="clean"), "dcs_clean"),
+        ]
+    return trainings
+
+
+# Every checkpoint a recipe may write (with or without --fig4a), and the report it writes last.
+CHECKPOINT_LABELS = ("pgd_at", "gsat", "dcs_pgd_at", "dcs_clean")
+RESULTS = "results.json"
+
+
+def _check_networks(trainings: list[tuple[str, TrainConfig, str]]) -> None:
+    """Build every distinct network once, so Eq. 12 or a bad k fails before the first epoch of any run."""
+    seen: set[str] = set()
+    for _key, cfg, _label in trainings:
+        identity = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "method"}, sort_keys=True)
+        if identity not in seen:
+            seen.add(identity)
+            build_network(cfg)
+
+
+def _check_out(args: argparse.Namespace, trainings: list[tuple[str, TrainConfig, str]]) -> None:
+    """What ``--out`` already holds: refuse a silent overwrite; under ``--resume``, check each checkpoint
+    against the config of the network that will continue it; under ``--overwrite``, remove the old run."""
+    output_dir(args.out)
+    held = [args.out / f"{label}.pt" for label in CHECKPOINT_LABELS] + [args.out / RESULTS]
+    held = [path for path in held if path.exists()]
+    if args.overwrite:
+        for path in held:
+            path.unlink()
+        for label in CHECKPOINT_LABELS:
+            remove_stale_temporaries(args.out / f"{label}.pt")
+        return
+    if args.resume:
+        for _key, cfg, label in trainings:
+            path = args.out / f"{label}.pt"
+            if path.exists():
+                check_compatible(load_checkpoint(path), cfg, path)
+        return
+    if held:
+        finished = "a finished run" if (args.out / RESULTS).exists() else "a run"
+        names = ", ".join(path.name for path in held)
+        raise ConfigError(
+            f"--out {args.out} already holds {finished} ({names}); pass --resume to continue it, or "
+            "--overwrite (or another --out) to start afresh"
+        )
+
+
+def _resume_command(spec: RecipeSpec, argv: Sequence[str]) -> str:
+    """The command line that continues this run: the same flags, ``--resume`` instead of ``--overwrite``."""
+    flags = [a for a in argv if a != "--overwrite"]
+    if "--resume" not in flags:
+        flags.append("--resume")
+    return shlex.join(["python", "-m", f"recipes.{spec.name}", *flags])
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a recipe; the message says where the last checkpoint is and how to resume."""
 
 
 def _datasets(args: argparse.Namespace, spec: RecipeSpec) -> tuple[str, Dataset, Dataset]:
@@ -344,11 +418,18 @@ def _plot_curves(path: Path, runs: dict[str, TrainResult]) -> None:
 
 def run(spec: RecipeSpec, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     """Parse flags, train both networks, evaluate, write the report. Returns the results dict (rank 0)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(spec).parse_args(argv)
     _check_args(args, spec)
     ctx = init_distributed(args.device)
+    output_dir(args.out)
     dataset, train_set, test_set = _datasets(args, spec)
     base_cfg, dcs_cfg = _configs(args, spec, dataset)
+    trainings = _trainings(args, base_cfg, dcs_cfg)
+    _check_networks(trainings)
+    if ctx.is_main:
+        _check_out(args, trainings)
+    barrier(ctx)
     message = _placement_message(spec, args.placement, args.n, args.k)
     say = print if ctx.is_main else (lambda *a, **k: None)
     say(
@@ -361,26 +442,49 @@ def run(spec: RecipeSpec, argv: Sequence[str] | None = None) -> dict[str, Any] |
         say(f"[{spec.name}] note: {note}")
     args.out.mkdir(parents=True, exist_ok=True)
     runs = {}
-    trainings = [("at", base_cfg, "pgd_at"), ("dcs", dcs_cfg, "gsat")]
-    if args.fig4a:  # the same DCS network, trained as the paper's Fig. 4a compares it
-        trainings += [
-            ("dcs_at", replace(dcs_cfg, method="pgd_at"), "dcs_pgd_at"),
-            ("dcs_clean", replace(dcs_cfg, method="clean"), "dcs_clean"),
-        ]
-    for key, cfg, label in trainings:
-        runs[key] = train(
-            cfg,
-            train_set,
-            test_set,
-            args.out / f"{label}.pt",
-            resume=args.resume,
-            device=args.device,
-            name=label,
-        )
+    for i, (key, cfg, label) in enumerate(trainings):
+        try:
+            runs[key] = train(
+                cfg,
+                train_set,
+                test_set,
+                args.out / f"{label}.pt",
+                resume=args.resume,
+                device=args.device,
+                name=label,
+            )
+        except KeyboardInterrupt:
+            written = [args.out / f"{lab}.pt" for _, _, lab in trainings[: i + 1]]
+            written = [path for path in written if path.exists()]
+            where = f"last checkpoint {written[-1]}" if written else "no checkpoint written yet"
+            raise Interrupted(
+                f"interrupted while training {label}; {where}; resume with: {_resume_command(spec, argv)}"
+            ) from None
     barrier(ctx)
     if not ctx.is_main:
         return None
     say(f"[{spec.name}] evaluating (budget {args.budget})")
+    try:
+        return _evaluate_and_report(spec, args, argv, ctx, runs, dataset, test_set, message, base_cfg, say)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted while evaluating; every checkpoint in {args.out} is complete; evaluate again with: "
+            f"{_resume_command(spec, argv)}"
+        ) from None
+
+
+def _evaluate_and_report(
+    spec: RecipeSpec,
+    args: argparse.Namespace,
+    argv: list[str],
+    ctx: Any,
+    runs: dict[str, TrainResult],
+    dataset: str,
+    test_set: Dataset,
+    message: str,
+    base_cfg: TrainConfig,
+    say: Any,
+) -> dict[str, Any]:
     evaluation = evaluate_pair(
         runs["at"].net,
         runs["dcs"].net,
@@ -399,9 +503,7 @@ def run(spec: RecipeSpec, argv: Sequence[str] | None = None) -> dict[str, Any] |
     at_s, dcs_s = _mean_epoch_seconds(runs["at"]), _mean_epoch_seconds(runs["dcs"])
     payload = {
         "recipe": spec.name,
-        "command": " ".join(
-            ["python -m recipes." + spec.name, *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": shlex.join(["python", "-m", f"recipes.{spec.name}", *argv]),
         "dataset": dataset,
         "embedded": args.data_dir is None,
         "placement": args.placement,
@@ -434,12 +536,19 @@ def run(spec: RecipeSpec, argv: Sequence[str] | None = None) -> dict[str, Any] |
 
 
 def main(spec: RecipeSpec, argv: Sequence[str] | None = None) -> int:
-    """Command-line entry: run, turning dcspass errors into one clear line and exit status 2."""
+    """Command-line entry: run, turning dcspass errors into one clear line and exit status 2, and Ctrl-C
+    into one line that says how to resume (exit status 130)."""
     try:
         run(spec, argv)
     except DCSError as exc:
         print(f"{spec.name}: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"{spec.name}: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{spec.name}: interrupted before training started; nothing was written", file=sys.stderr)
+        return 130
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

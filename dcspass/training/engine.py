@@ -21,7 +21,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import ConfigError, DCSError
-from .checkpoint import capture_rng, check_compatible, load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import (
+    capture_rng,
+    check_compatible,
+    load_checkpoint,
+    remove_stale_temporaries,
+    restore_rng,
+    save_checkpoint,
+)
 from .config import TrainConfig, build_network
 from .distributed import DistContext, EpochSampler, all_reduce_sum, barrier, init_distributed
 from .methods import make_method
@@ -110,7 +117,9 @@ def train(
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resume and checkpoint_path is not None and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, map_location=ctx.device)
+        if ctx.is_main:
+            remove_stale_temporaries(checkpoint_path)
+        state = load_checkpoint(checkpoint_path)
         check_compatible(state, config, checkpoint_path)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
