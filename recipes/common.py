@@ -16,7 +16,7 @@ import shlex
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from dcspass import bounds
 from dcspass.data import dataset_info, fashion_mnist_tensors, load_dataset
 from dcspass.errors import ConfigError, DCSError
 from dcspass.preflight import output_dir
+from dcspass.progress import log, quiet
 from dcspass.training import TrainConfig, TrainResult, build_network, paper_protocol_accuracy, train
 from dcspass.training.checkpoint import check_compatible, load_checkpoint, remove_stale_temporaries
 from dcspass.training.distributed import barrier, init_distributed
@@ -92,6 +93,9 @@ def build_parser(spec: RecipeSpec) -> argparse.ArgumentParser:
     existing.add_argument("--resume", action="store_true", help="continue from OUT's checkpoints")
     existing.add_argument(
         "--overwrite", action="store_true", help="delete the run already in OUT and train from scratch"
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars, stage or epoch lines; only the final summary"
     )
     p.add_argument("--compile", action="store_true", help="wrap the networks with torch.compile")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -431,7 +435,26 @@ def run(spec: RecipeSpec, argv: Sequence[str] | None = None) -> dict[str, Any] |
         _check_out(args, trainings)
     barrier(ctx)
     message = _placement_message(spec, args.placement, args.n, args.k)
-    say = print if ctx.is_main else (lambda *a, **k: None)
+    with quiet(args.quiet):
+        return _train_evaluate_report(spec, args, argv, ctx, dataset, train_set, test_set, trainings, message)
+
+
+def _train_evaluate_report(
+    spec: RecipeSpec,
+    args: argparse.Namespace,
+    argv: list[str],
+    ctx: Any,
+    dataset: str,
+    train_set: Dataset,
+    test_set: Dataset,
+    trainings: list[tuple[str, TrainConfig, str]],
+    message: str,
+) -> dict[str, Any] | None:
+    base_cfg = trainings[0][1]
+
+    def say(line: str) -> None:
+        log(line, ctx.is_main)
+
     say(
         f"[{spec.name}] {'embedded default: ' if args.data_dir is None else ''}{dataset}, {spec.arch} width "
         f"{base_cfg.width}, {base_cfg.epochs} epochs, batch {base_cfg.batch_size}, device {ctx.device}"
@@ -483,7 +506,7 @@ def _evaluate_and_report(
     test_set: Dataset,
     message: str,
     base_cfg: TrainConfig,
-    say: Any,
+    say: Callable[[str], None],
 ) -> dict[str, Any]:
     evaluation = evaluate_pair(
         runs["at"].net,
@@ -527,7 +550,7 @@ def _evaluate_and_report(
     _write_markdown(args.out / "results.md", payload)
     _plot_curves(args.out / "curves.png", runs)
     at, dcs = evaluation["quick"]["at"], evaluation["quick"]["dcs"]
-    say(
+    print(
         f"[{spec.name}] PGD-AT: clean {100 * at['clean_acc']:.2f}% PGD-20 {100 * at['pgd20_acc']:.2f}% | "
         f"DCS+GSAT: clean {100 * dcs['clean_acc']:.2f}% PGD-20 {100 * dcs['pgd20_acc']:.2f}% (paper protocol)"
     )

@@ -20,6 +20,7 @@ import torch
 import torchattacks
 from torch import nn
 
+from ..progress import bar
 from ..sampling import dcs_layers, frozen_taps
 from .attacks import (
     AttackFn,
@@ -161,7 +162,12 @@ def run_paper(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor, repeats: int) 
         attacks = paper_attacks(ctx, ctx.seed + r)
         correct: dict[str, list[torch.Tensor]] = {"clean": []}
         result.descriptions["clean"] = "no attack, one fresh draw"
-        for xb, yb in batches(x, y, ctx.budget.batch_size):
+        progress = bar(
+            batches(x, y, ctx.budget.batch_size),
+            f"paper protocol, repeat {r + 1}/{repeats}",
+            total=-(-x.shape[0] // ctx.budget.batch_size),
+        )
+        for xb, yb in progress:
             with torch.no_grad():
                 correct["clean"].append(model(xb).argmax(1) == yb)
             for name, (description, attack) in attacks.items():
@@ -340,7 +346,9 @@ def run_adaptive(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> Protocol
         xs, ys = x[:limit], y[:limit]
         start = time.perf_counter()
         advs, vs = [], []
-        for xb, yb in batches(xs, ys, b.batch_size):
+        count = -(-xs.shape[0] // b.batch_size)
+        progress = bar(batches(xs, ys, b.batch_size), f"adaptive: {name}", total=count)
+        for xb, yb in progress:
             advs.append(attack(xb, yb))
             vs.append(scored(advs[-1], yb))
         result.seconds[name] = time.perf_counter() - start
