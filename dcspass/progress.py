@@ -53,9 +53,9 @@ def stage(message: str, enabled: bool = True) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def log(message: str, enabled: bool = True, **fields: Any) -> None:
-    """Print one line on stdout: ``message key=value ...`` (floats to 4 significant digits), flushed."""
+def log(message: str, enabled: bool = True, /, note: str = "", **fields: Any) -> None:
+    """Print one line on stdout: ``message key=value ... note`` (floats to 4 significant digits), flushed."""
     if not enabled or _quiet:
         return
     parts = [message] + [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()]
-    print(" ".join(parts), flush=True)
+    print(" ".join(parts + ([note] if note else [])), flush=True)

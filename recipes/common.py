@@ -25,11 +25,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+import dcspass
 from dcspass import bounds
 from dcspass.data import dataset_info, fashion_mnist_tensors, load_dataset
 from dcspass.errors import ConfigError, DCSError
+from dcspass.evaluation import get_budget
 from dcspass.preflight import output_dir
-from dcspass.progress import log, quiet
+from dcspass.progress import bar, log, quiet
 from dcspass.training import TrainConfig, TrainResult, build_network, paper_protocol_accuracy, train
 from dcspass.training.checkpoint import check_compatible, load_checkpoint, remove_stale_temporaries
 from dcspass.training.distributed import barrier, init_distributed
@@ -280,22 +282,26 @@ def evaluate_pair(
 ) -> dict[str, Any]:
     """Evaluate the AT baseline and the DCS + GSAT network on the test set; the recipe's evaluation step.
 
-    Always: clean and PGD-20 accuracy under the paper protocol (attack with frozen taps, prediction with
-    a fresh draw) on the first ``QUICK_EXAMPLES[budget]`` test images, the same numbers for both
-    networks. With ``full`` and ``dcspass.evaluate`` available: its report (paper and adaptive protocols,
-    the DCS network's transfer attack from the baseline), saved under ``OUT/eval_{at,dcs}/``.
+    Always: clean and PGD-20 accuracy under the paper protocol (attack with frozen taps, prediction on
+    fresh draws) on the first ``QUICK_EXAMPLES[budget]`` test images, expected over the budget's K
+    scoring draws, the same numbers for both networks. With ``full`` and ``dcspass.evaluate`` available:
+    its report (paper and adaptive protocols, the DCS network's transfer attack from the baseline), saved
+    under ``OUT/eval_{at,dcs}/``.
     """
     count = min(QUICK_EXAMPLES[budget], len(test_set))
     loader = DataLoader(Subset(test_set, range(count)), batch_size=128)
     results: dict[str, Any] = {"quick": {}, "evaluate": None}
+    draws = get_budget(budget).score_draws
     for key, model in (("at", baseline), ("dcs", dcs)):
         torch.manual_seed(seed)
         start = time.perf_counter()
-        clean, robust, total = paper_protocol_accuracy(model, loader, eps, alpha, 20, device)
+        batches = bar(loader, f"clean + PGD-20, {'PGD-AT baseline' if key == 'at' else 'DCS + GSAT'}")
+        clean, robust, total = paper_protocol_accuracy(model, batches, eps, alpha, 20, device, draws)
         results["quick"][key] = {
             "clean_acc": clean / total,
             "pgd20_acc": robust / total,
             "examples": total,
+            "draws": draws if any(True for _ in dcspass.dcs_layers(model)) else 1,
             "seconds": time.perf_counter() - start,
         }
     if not full:
@@ -333,7 +339,7 @@ def fig4a(
 ) -> dict[str, Any]:
     """The paper's Fig. 4a: gradient cosine similarity between draws and clean accuracy of the same DCS
     network trained three ways, on the same test images; writes ``OUT/fig4a.png``."""
-    from dcspass.evaluation import compare_gradient_cosine, get_budget, plot_cosine_comparison
+    from dcspass.evaluation import compare_gradient_cosine, plot_cosine_comparison
 
     count = min(get_budget(budget).cosine_examples, len(test_set))
     x, y = next(iter(DataLoader(Subset(test_set, range(count)), batch_size=count)))
@@ -359,7 +365,8 @@ def _write_markdown(path: Path, payload: dict[str, Any]) -> None:
         f"{payload['placement_message']}.",
         "",
         "Clean and PGD-20 accuracy: paper protocol (attack and prediction use different taps), "
-        f"first {quick['at']['examples']} test images.",
+        f"first {quick['at']['examples']} test images, expected accuracy over {quick['dcs']['draws']} "
+        "fresh draws of taps per chunk of images (the baseline has no taps: one forward).",
         "",
         "| model | clean acc | PGD-20 acc | train s/epoch | epochs |",
         "|---|---|---|---|---|",
@@ -552,7 +559,9 @@ def _evaluate_and_report(
     at, dcs = evaluation["quick"]["at"], evaluation["quick"]["dcs"]
     print(
         f"[{spec.name}] PGD-AT: clean {100 * at['clean_acc']:.2f}% PGD-20 {100 * at['pgd20_acc']:.2f}% | "
-        f"DCS+GSAT: clean {100 * dcs['clean_acc']:.2f}% PGD-20 {100 * dcs['pgd20_acc']:.2f}% (paper protocol)"
+        f"DCS+GSAT: clean {100 * dcs['clean_acc']:.2f}% PGD-20 {100 * dcs['pgd20_acc']:.2f}% "
+        f"(paper-protocol attack; {dcs['examples']} test images, expected accuracy over {dcs['draws']} "
+        "draws of taps)"
     )
     say(f"[{spec.name}] wrote {args.out / 'results.json'}, results.md, curves.png")
     return payload

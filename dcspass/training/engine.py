@@ -181,7 +181,7 @@ def train(
         desc = f"[{name}] held-out evaluation, epoch {epoch + 1}"
         held_out = bar(eval_loader, desc, ctx.is_main and progress)
         clean, robust, total = paper_protocol_accuracy(
-            net, held_out, config.eps, config.alpha, config.eval_steps, ctx.device
+            net, held_out, config.eps, config.alpha, config.eval_steps, ctx.device, config.eval_draws
         )
         loss_sum, correct, seen, clean, robust, total = all_reduce_sum(
             [loss_sum, correct, seen, clean, robust, total], ctx
@@ -193,6 +193,8 @@ def train(
             "train_acc": correct / max(seen, 1),
             "clean_acc": clean / max(total, 1),
             "pgd_acc": robust / max(total, 1),
+            "eval_images": int(total),
+            "eval_draws": config.eval_draws if config.is_dcs else 1,
             "seconds": seconds,
             "cpu_seconds": cpu_seconds,
             "eval_seconds": time.perf_counter() - eval_start,
@@ -208,6 +210,8 @@ def train(
             **{f"pgd{config.eval_steps}_acc": record["pgd_acc"]},
             lr=lr,
             seconds=round(seconds, 1),
+            note=f"(held-out accuracy: {record['eval_images']} images, expected over "
+            f"{record['eval_draws']} draw(s) of taps, paper-protocol attack)",
         )
         if checkpoint_path is not None and ctx.is_main:
             save_checkpoint(
