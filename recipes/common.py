@@ -27,11 +27,12 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 import dcspass
 from dcspass import bounds
-from dcspass.data import dataset_info, fashion_mnist_tensors, load_dataset
+from dcspass.data import FASHION_MNIST_DIR, dataset_info, fashion_mnist_tensors, load_dataset
 from dcspass.errors import ConfigError, DCSError
 from dcspass.evaluation import get_budget
 from dcspass.preflight import output_dir
 from dcspass.progress import bar, log, quiet
+from dcspass.provenance import provenance
 from dcspass.training import TrainConfig, TrainResult, build_network, paper_protocol_accuracy, train
 from dcspass.training.checkpoint import check_compatible, load_checkpoint, remove_stale_temporaries
 from dcspass.training.distributed import barrier, init_distributed
@@ -279,6 +280,7 @@ def evaluate_pair(
     eps: float,
     alpha: float,
     full: bool = True,
+    records: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the AT baseline and the DCS + GSAT network on the test set; the recipe's evaluation step.
 
@@ -324,6 +326,8 @@ def evaluate_pair(
                 device=device,
                 seed=seed,
             )
+        if records and key in records:
+            report.config["provenance"] = records[key]
         report.save(out / f"eval_{key}")
         reports[key] = report.to_dict()
         markdown[key] = report.to_markdown()
@@ -515,6 +519,20 @@ def _evaluate_and_report(
     base_cfg: TrainConfig,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
+    command = shlex.join(["python", "-m", f"recipes.{spec.name}", *argv])
+
+    def record(split: str, **checkpoints: Path) -> dict[str, Any]:
+        return provenance(
+            command=command,
+            seed=args.seed,
+            device=ctx.device,
+            dataset=dataset,
+            split=split,
+            data_dir=args.data_dir or FASHION_MNIST_DIR,
+            checkpoints=checkpoints,
+        )
+
+    checkpoints = {key: r.checkpoint for key, r in runs.items() if r.checkpoint is not None}
     evaluation = evaluate_pair(
         runs["at"].net,
         runs["dcs"].net,
@@ -526,6 +544,10 @@ def _evaluate_and_report(
         base_cfg.eps,
         base_cfg.alpha,
         full=not args.quick_eval,
+        records={
+            "at": record("test", model=checkpoints["at"]),
+            "dcs": record("test", model=checkpoints["dcs"], transfer=checkpoints["at"]),
+        },
     )
     if args.fig4a:
         say(f"[{spec.name}] Fig. 4a: gradient similarity of DCS + GSAT, DCS + PGD-AT, DCS + clean training")
@@ -533,7 +555,8 @@ def _evaluate_and_report(
     at_s, dcs_s = _mean_epoch_seconds(runs["at"]), _mean_epoch_seconds(runs["dcs"])
     payload = {
         "recipe": spec.name,
-        "command": shlex.join(["python", "-m", f"recipes.{spec.name}", *argv]),
+        "command": command,
+        "provenance": record("train (training), test (evaluation)", **checkpoints),
         "dataset": dataset,
         "embedded": args.data_dir is None,
         "placement": args.placement,

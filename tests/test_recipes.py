@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -59,6 +60,14 @@ def test_smoke_run_writes_results(tmp_path, capsys):
         assert -1 <= entry["cosine"]["overall"]["mean"] <= 1 and entry["examples"] == 8
     assert (tmp_path / "fig4a.png").read_bytes()[:4] == b"\x89PNG"
     assert "| DCS + clean training |" in (tmp_path / "results.md").read_text()
+    record = results["provenance"]
+    assert set(record["checkpoints"]) == {"at", "dcs", "dcs_at", "dcs_clean"}
+    gsat = record["checkpoints"]["dcs"]
+    assert gsat["path"] == str((tmp_path / "gsat.pt").resolve())
+    assert gsat["sha256"] == hashlib.sha256((tmp_path / "gsat.pt").read_bytes()).hexdigest()
+    assert record["dataset"]["name"] == "fashion_mnist" and record["seed"] == 1
+    assert record["command"].startswith("python -m recipes.paper_rn18 --epochs 1")
+    assert record["versions"]["torch"] == torch.__version__ and record["device"] == "cpu"
     out = capsys.readouterr().out
     assert "admits n=2" in out and "[gsat] epoch 1/1" in out and "[dcs_clean] epoch 1/1" in out
 
