@@ -137,3 +137,15 @@ def test_bad_flags_and_data_dirs_give_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         common.run(paper_rn18.SPEC, ["--placement", "everywhere"])
     assert exit_info.value.code == 2
+
+
+@needs_fmnist
+def test_quiet_prints_only_the_final_summary(tmp_path, capsys):
+    argv = [*SMOKE, "--no-fig4a", "--quiet", "--out", str(tmp_path)]
+    assert common.main(paper_rn18.SPEC, argv) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[paper_rn18] PGD-AT: clean ")
+    draws = dcspass.evaluation.get_budget("smoke").score_draws
+    assert f"64 test images, expected accuracy over {draws} draws of taps" in lines[0]
