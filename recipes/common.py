@@ -167,7 +167,6 @@ def _check_networks(trainings: list[tuple[str, TrainConfig, str]]) -> None:
 def _check_out(args: argparse.Namespace, trainings: list[tuple[str, TrainConfig, str]]) -> None:
     """What ``--out`` already holds: refuse a silent overwrite; under ``--resume``, check each checkpoint
     against the config of the network that will continue it; under ``--overwrite``, remove the old run."""
-    output_dir(args.out)
     held = [args.out / f"{label}.pt" for label in CHECKPOINT_LABELS] + [args.out / RESULTS]
     held = [path for path in held if path.exists()]
     if args.overwrite:
@@ -288,7 +287,7 @@ def evaluate_pair(
     fresh draws) on the first ``QUICK_EXAMPLES[budget]`` test images, expected over the budget's K
     scoring draws, the same numbers for both networks. With ``full`` and ``dcspass.evaluate`` available:
     its report (paper and adaptive protocols, the DCS network's transfer attack from the baseline), saved
-    under ``OUT/eval_{at,dcs}/``.
+    under ``OUT/eval_{at,dcs}/`` with ``records[key]`` (its provenance) in the report's config.
     """
     count = min(QUICK_EXAMPLES[budget], len(test_set))
     loader = DataLoader(Subset(test_set, range(count)), batch_size=128)

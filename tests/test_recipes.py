@@ -140,9 +140,13 @@ def test_bad_flags_and_data_dirs_give_clear_errors(tmp_path, capsys):
 
 
 @needs_fmnist
-def test_quiet_prints_only_the_final_summary(tmp_path, capsys):
-    argv = [*SMOKE, "--no-fig4a", "--quiet", "--out", str(tmp_path)]
+def test_overwrite_replaces_the_old_run_and_quiet_prints_only_the_final_summary(tmp_path, capsys):
+    (tmp_path / "results.json").write_text('{"old": true}\n')
+    (tmp_path / "dcs_clean.pt").write_text("a checkpoint of the old run\n")
+    argv = [*SMOKE, "--no-fig4a", "--quiet", "--overwrite", "--out", str(tmp_path)]
     assert common.main(paper_rn18.SPEC, argv) == 0
+    assert "old" not in json.loads((tmp_path / "results.json").read_text())
+    assert not (tmp_path / "dcs_clean.pt").exists()  # --no-fig4a: no mix of the old run and the new
     captured = capsys.readouterr()
     assert captured.err == ""
     lines = captured.out.strip().splitlines()
