@@ -114,7 +114,7 @@ def test_evaluate_cli_quiet(tmp_path):
     cfg = tiny_config(method="pgd_at")
     save_checkpoint(tmp_path / "m.pt", {"config": cfg.to_dict(), "model": build_network(cfg).state_dict()})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    base = [sys.executable, "-m", "dcspass.evaluate", "--checkpoint", str(tmp_path / "m.pt"),
+    base = [sys.executable, "-m", "dcspass", "evaluate", "--checkpoint", str(tmp_path / "m.pt"),
             "--device", "cpu", "--budget", "smoke", "--protocol", "paper", "--repeats", "1",
             "--no-analyses"]  # fmt: skip
     loud = subprocess.run([*base, "--out", str(tmp_path / "a")], env=env, capture_output=True, text=True)

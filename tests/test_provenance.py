@@ -24,12 +24,12 @@ pytestmark = [
 
 
 def test_evaluate_report_records_its_provenance(tmp_path):
-    from dcspass.evaluate import main
+    from dcspass.cli import main
 
     cfg = tiny_config(method="gsat")
     save_checkpoint(tmp_path / "m.pt", {"config": cfg.to_dict(), "model": build_network(cfg).state_dict()})
-    argv = ["--checkpoint", str(tmp_path / "m.pt"), "--device", "cpu", "--budget", "smoke", "--protocol",
-            "paper", "--repeats", "1", "--no-analyses", "--seed", "7", "--quiet",
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "m.pt"), "--device", "cpu", "--budget", "smoke",
+            "--protocol", "paper", "--repeats", "1", "--no-analyses", "--seed", "7", "--quiet",
             "--out", str(tmp_path / "e")]  # fmt: skip
     assert main(argv) == 0
     record = json.loads((tmp_path / "e" / "report.json").read_text())["config"]["provenance"]
@@ -37,7 +37,7 @@ def test_evaluate_report_records_its_provenance(tmp_path):
     assert checkpoint["path"] == str((tmp_path / "m.pt").resolve())
     assert checkpoint["sha256"] == hashlib.sha256((tmp_path / "m.pt").read_bytes()).hexdigest()
     assert record["dataset"] == {"name": "fashion_mnist", "split": "test", "data_dir": str(FASHION_MNIST_DIR)}
-    assert record["command"].startswith("python -m dcspass.evaluate --checkpoint ")
+    assert " evaluate --checkpoint " in record["command"]
     assert "--seed 7" in record["command"] and record["seed"] == 7 and record["device"] == "cpu"
     assert record["versions"]["torch"] == torch.__version__
     assert record["versions"]["torchattacks"] == torchattacks.__version__
