@@ -14,6 +14,7 @@ import argparse
 import importlib
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -63,7 +64,10 @@ def model_from_spec(spec: str) -> nn.Module:
             )
         return torchvision.models.get_model(name, weights=None)
     if source == "timm":
-        import timm
+        try:
+            import timm
+        except ImportError as exc:
+            raise ConfigError(f"model {spec!r} needs timm: pip install timm") from exc
 
         if not timm.is_model(name):
             raise ConfigError(f"model {spec!r}: timm has no model {name!r} (timm.list_models())")
@@ -74,7 +78,13 @@ def model_from_spec(spec: str) -> nn.Module:
         raise ConfigError(f"model {spec!r}: cannot load {name!r} from {source!r} ({exc})") from exc
     if not callable(factory):
         raise ConfigError(f"model {spec!r}: {source}.{name} is not callable; name a function or class")
-    model = factory()
+    try:
+        model = factory()
+    except TypeError as exc:
+        raise ConfigError(
+            f"model {spec!r}: calling {source}.{name}() with no arguments failed ({exc}); name a factory "
+            "that builds the model without arguments (wrap yours in a small function)"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model {spec!r}: {name}() returned {type(model).__name__}, not an nn.Module")
     return model
@@ -95,7 +105,10 @@ def _eps(text: str) -> float:
 
 def _run_plan(args: argparse.Namespace) -> int:
     from .planning import plan
+    from .preflight import output_file
 
+    if args.draw:
+        output_file(args.draw, "--draw")
     result = plan(
         model_from_spec(args.model), args.policy, n=args.n, k=args.k, eps_c=args.eps_c, eps_l=args.eps_l
     )
@@ -107,12 +120,14 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    import torch
     from torch.utils.data import DataLoader
 
-    from .data import dataset_info, load_dataset
+    from .data import FASHION_MNIST_DIR, dataset_info, load_dataset
     from .errors import EvaluationError
     from .evaluation import evaluate, get_budget
+    from .preflight import output_dir, resolve_device
+    from .progress import quiet
+    from .provenance import provenance
     from .training.checkpoint import load_model
 
     budget = get_budget(args.budget)
@@ -120,7 +135,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise EvaluationError(f"--{flag.replace('_', '-')} must be an integer >= 1, got {value}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
+    output_dir(args.out)  # before the evaluation, not when saving after it
     model, config = load_model(args.checkpoint, map_location=device)
     name = args.dataset or config.get("dataset")
     info = dataset_info(name)
@@ -139,20 +155,30 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         )
     dataset = load_dataset(name, args.data_dir, train=False, transform="default")
     loader = DataLoader(dataset, batch_size=budget.batch_size, shuffle=False)
-    report = evaluate(
-        model,
-        loader,
-        protocol=args.protocol,
-        budget=budget,
-        transfer_source=source,
-        device=device,
+    with quiet(args.quiet):
+        report = evaluate(
+            model,
+            loader,
+            protocol=args.protocol,
+            budget=budget,
+            transfer_source=source,
+            device=device,
+            seed=args.seed,
+            eps=args.eps,
+            repeats=args.repeats,
+            examples=args.examples,
+            all_correct_k=args.all_correct_k,
+            analyses=not args.no_analyses,
+            subject=f"{config.get('arch')}, {args.checkpoint}, {name}",
+        )
+    report.config["provenance"] = provenance(
+        command=args.command_line,
         seed=args.seed,
-        eps=args.eps,
-        repeats=args.repeats,
-        examples=args.examples,
-        all_correct_k=args.all_correct_k,
-        analyses=not args.no_analyses,
-        subject=f"{config.get('arch')}, {args.checkpoint}, {name}",
+        device=device,
+        dataset=name,
+        split="test",
+        data_dir=args.data_dir or (FASHION_MNIST_DIR if name == "fashion_mnist" else None),
+        checkpoints={"model": args.checkpoint, **({"transfer": args.transfer_checkpoint} if source else {})},
     )
     out = report.save(args.out)
     print(report.to_markdown())
@@ -220,6 +246,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     e.add_argument("--transfer-checkpoint", default=None, help="the same network trained without DCS")
     e.add_argument("--no-analyses", action="store_true", help="skip gradient similarity and strength sweeps")
+    e.add_argument("--quiet", action="store_true", help="no progress bars or stage lines on stderr")
     e.add_argument("--out", required=True, help="output folder for report.json, report.md and PNGs")
     e.set_defaults(run=_run_evaluate)
     return parser
@@ -232,10 +259,16 @@ def _prog() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit code (0, or 2 for bad input, reported on stderr)."""
-    args = build_parser().parse_args(argv)
+    """Run one command; returns the exit code: 0, 2 for bad input (one line on stderr), 130 on Ctrl-C."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.command_line = shlex.join([*parser.prog.split(), *argv])  # recorded in report.json
     try:
         return args.run(args)
     except DCSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: dcspass {args.command} wrote nothing", file=sys.stderr)
+        return 130

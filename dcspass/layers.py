@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -118,6 +119,13 @@ class DCSConv2d(nn.Module):
     def forward_with_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The output and the taps it used (LongTensor ``[n]``)."""
         taps = self.fixed_taps if self.fixed_taps is not None else self.draw_taps()
+        if self.fixed_taps is not None and torch.compiler.is_exporting():
+            warnings.warn(
+                f"torch.export inside frozen_taps/using_taps bakes the taps {self.fixed_taps.tolist()} of "
+                f"{self!r} into the exported program: it will never resample. Export outside those "
+                "contexts to keep the defense random (or ignore this if one fixed draw is what you deploy)",
+                stacklevel=2,
+            )
         return self.convolve(x, taps), taps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,10 @@ Control lives on the layer itself (plain attributes, so compiled graphs guard on
 - ``frozen_taps(model)``: one tap set per layer for the whole context, drawn at entry.
 - ``excluding_taps(model, taps)``: draw from the complement of the given taps (GSAT).
 - ``using_taps(model, taps)``: use exactly the given taps (exact-expectation attacks, analyses).
+
+A ``torch.export`` program of a DCS model draws its taps inside its graph, so it resamples at every
+call but cannot be frozen from outside: these contexts refuse it with a ``TapError`` that says so,
+and exporting inside them warns that the program bakes that one draw.
 """
 
 from __future__ import annotations
@@ -87,7 +91,25 @@ def dcs_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
+def _exported_dcs_calls(model: object) -> int:
+    """How many DCS op calls a ``torch.export`` program (or its ``.module()``) holds in its graph."""
+    if isinstance(model, (torch.export.ExportedProgram, torch.fx.GraphModule)):
+        graph = model.graph
+    else:
+        return 0
+    return sum(1 for node in graph.nodes if node.op == "call_function" and "dcs_conv2d" in str(node.target))
+
+
 def _layers_or_raise(model: nn.Module, what: str) -> list[tuple[str, nn.Module]]:
+    if isinstance(model, torch.export.ExportedProgram) or (
+        not any(True for _ in dcs_layers(model)) and _exported_dcs_calls(model)
+    ):
+        raise TapError(
+            f"{what}: got a torch.export program; its {_exported_dcs_calls(model)} DCS layer(s) draw their "
+            "taps inside the exported graph, where they cannot be frozen or set from outside. Control the "
+            f"taps on the eager model ({what}(model, ...)); to deploy one fixed draw, run torch.export "
+            "inside using_taps(model, taps), which bakes those taps into the program"
+        )
     layers = list(dcs_layers(model))
     if not layers:
         raise TapError(

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+import dcspass
 from dcspass import bounds
-from dcspass.data import dataset_info, fashion_mnist_tensors, load_dataset
+from dcspass.data import FASHION_MNIST_DIR, dataset_info, fashion_mnist_tensors, load_dataset
 from dcspass.errors import ConfigError, DCSError
-from dcspass.training import TrainConfig, TrainResult, paper_protocol_accuracy, train
+from dcspass.evaluation import get_budget
+from dcspass.preflight import output_dir
+from dcspass.progress import bar, log, quiet
+from dcspass.provenance import provenance
+from dcspass.training import TrainConfig, TrainResult, build_network, paper_protocol_accuracy, train
+from dcspass.training.checkpoint import check_compatible, load_checkpoint, remove_stale_temporaries
 from dcspass.training.distributed import DistContext, barrier, init_distributed
 
 __all__ = ["Placement", "RecipeSpec", "build_parser", "evaluate_pair", "main", "run"]
@@ -85,7 +92,14 @@ def build_parser(spec: RecipeSpec) -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=2, help="taps per DCS forward")
     p.add_argument("--k", type=int, default=5, help="DCS kernel size")
     p.add_argument("--out", type=Path, default=Path(f"runs/{spec.name}"))
-    p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoints")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true", help="continue from OUT's checkpoints")
+    existing.add_argument(
+        "--overwrite", action="store_true", help="delete the run already in OUT and train from scratch"
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars, stage or epoch lines; only the final summary"
+    )
     p.add_argument("--compile", action="store_true", help="wrap the networks with torch.compile")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0)
@@ -121,6 +135,72 @@ def _check_args(args: argparse.Namespace, spec: RecipeSpec) -> None:
             f"--dataset {args.dataset} needs --data-dir (nothing is downloaded); "
             "without --data-dir the recipe runs its embedded default on Fashion-MNIST"
         )
+
+
+def _trainings(
+    args: argparse.Namespace, base_cfg: TrainConfig, dcs_cfg: TrainConfig
+) -> list[tuple[str, TrainConfig, str]]:
+    """``(key, config, checkpoint label)`` of every network the recipe trains, in training order."""
+    trainings = [("at", base_cfg, "pgd_at"), ("dcs", dcs_cfg, "gsat")]
+    if args.fig4a:  # the same DCS network, trained as the paper's Fig. 4a compares it
+        trainings += [
+            ("dcs_at", replace(dcs_cfg, method="pgd_at"), "dcs_pgd_at"),
+            ("dcs_clean", replace(dcs_cfg, method="clean"), "dcs_clean"),
+        ]
+    return trainings
+
+
+# Every checkpoint a recipe may write (with or without --fig4a), and the report it writes last.
+CHECKPOINT_LABELS = ("pgd_at", "gsat", "dcs_pgd_at", "dcs_clean")
+RESULTS = "results.json"
+
+
+def _check_networks(trainings: list[tuple[str, TrainConfig, str]]) -> None:
+    """Build every distinct network once, so Eq. 12 or a bad k fails before the first epoch of any run."""
+    seen: set[str] = set()
+    for _key, cfg, _label in trainings:
+        identity = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "method"}, sort_keys=True)
+        if identity not in seen:
+            seen.add(identity)
+            build_network(cfg)
+
+
+def _check_out(args: argparse.Namespace, trainings: list[tuple[str, TrainConfig, str]]) -> None:
+    """What ``--out`` already holds: refuse a silent overwrite; under ``--resume``, check each checkpoint
+    against the config of the network that will continue it; under ``--overwrite``, remove the old run."""
+    held = [args.out / f"{label}.pt" for label in CHECKPOINT_LABELS] + [args.out / RESULTS]
+    held = [path for path in held if path.exists()]
+    if args.overwrite:
+        for path in held:
+            path.unlink()
+        for label in CHECKPOINT_LABELS:
+            remove_stale_temporaries(args.out / f"{label}.pt")
+        return
+    if args.resume:
+        for _key, cfg, label in trainings:
+            path = args.out / f"{label}.pt"
+            if path.exists():
+                check_compatible(load_checkpoint(path), cfg, path)
+        return
+    if held:
+        finished = "a finished run" if (args.out / RESULTS).exists() else "a run"
+        names = ", ".join(path.name for path in held)
+        raise ConfigError(
+            f"--out {args.out} already holds {finished} ({names}); pass --resume to continue it, or "
+            "--overwrite (or another --out) to start afresh"
+        )
+
+
+def _resume_command(spec: RecipeSpec, argv: Sequence[str]) -> str:
+    """The command line that continues this run: the same flags, ``--resume`` instead of ``--overwrite``."""
+    flags = [a for a in argv if a != "--overwrite"]
+    if "--resume" not in flags:
+        flags.append("--resume")
+    return shlex.join(["python", "-m", f"recipes.{spec.name}", *flags])
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a recipe; the message says where the last checkpoint is and how to resume."""
 
 
 def _datasets(args: argparse.Namespace, spec: RecipeSpec) -> tuple[str, Dataset, Dataset]:
@@ -201,26 +281,31 @@ def evaluate_pair(
     alpha: float,
     full: bool = True,
     subjects: dict[str, str] | None = None,
+    records: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the AT baseline and the DCS + GSAT network on the test set; the recipe's evaluation step.
 
-    Always: clean and PGD-20 accuracy under the paper protocol (attack with frozen taps, prediction with
-    a fresh draw) on the first ``QUICK_EXAMPLES[budget]`` test images, the same numbers for both
-    networks. With ``full`` and ``dcspass.evaluate`` available: its report (paper and adaptive protocols,
-    the DCS network's transfer attack from the baseline), saved under ``OUT/eval_{at,dcs}/``, with
-    ``subjects[key]`` (model, checkpoint, dataset) in its headings and plot titles.
+    Always: clean and PGD-20 accuracy under the paper protocol (attack with frozen taps, prediction on
+    fresh draws) on the first ``QUICK_EXAMPLES[budget]`` test images, expected over the budget's K
+    scoring draws, the same numbers for both networks. With ``full`` and ``dcspass.evaluate`` available:
+    its report (paper and adaptive protocols, the DCS network's transfer attack from the baseline), saved
+    under ``OUT/eval_{at,dcs}/``, with ``subjects[key]`` (model, checkpoint, dataset) in its headings and
+    plot titles and ``records[key]`` (its provenance) in the report's config.
     """
     count = min(QUICK_EXAMPLES[budget], len(test_set))
     loader = DataLoader(Subset(test_set, range(count)), batch_size=128)
     results: dict[str, Any] = {"quick": {}, "evaluate": None}
+    draws = get_budget(budget).score_draws
     for key, model in (("at", baseline), ("dcs", dcs)):
         torch.manual_seed(seed)
         start = time.perf_counter()
-        clean, robust, total = paper_protocol_accuracy(model, loader, eps, alpha, 20, device)
+        batches = bar(loader, f"clean + PGD-20, {'PGD-AT baseline' if key == 'at' else 'DCS + GSAT'}")
+        clean, robust, total = paper_protocol_accuracy(model, batches, eps, alpha, 20, device, draws)
         results["quick"][key] = {
             "clean_acc": clean / total,
             "pgd20_acc": robust / total,
             "examples": total,
+            "draws": draws if any(True for _ in dcspass.dcs_layers(model)) else 1,
             "seconds": time.perf_counter() - start,
         }
     if not full:
@@ -245,6 +330,8 @@ def evaluate_pair(
                 eps=eps,
                 subject=(subjects or {}).get(key, ""),
             )
+        if records and key in records:
+            report.config["provenance"] = records[key]
         report.save(out / f"eval_{key}")
         reports[key] = report.to_dict()
         markdown[key] = report.to_markdown()
@@ -310,7 +397,7 @@ def fig4a(
 ) -> dict[str, Any]:
     """The paper's Fig. 4a: gradient cosine similarity between draws and clean accuracy of the same DCS
     network trained three ways, on the same test images; writes ``OUT/fig4a.png``."""
-    from dcspass.evaluation import compare_gradient_cosine, get_budget, plot_cosine_comparison
+    from dcspass.evaluation import compare_gradient_cosine, plot_cosine_comparison
 
     count = min(get_budget(budget).cosine_examples, len(test_set))
     x, y = next(iter(DataLoader(Subset(test_set, range(count)), batch_size=count)))
@@ -336,7 +423,8 @@ def _write_markdown(path: Path, payload: dict[str, Any]) -> None:
         f"{payload['placement_message']}.",
         "",
         "Clean and PGD-20 accuracy: paper protocol (attack and prediction use different taps), "
-        f"first {quick['at']['examples']} test images.",
+        f"first {quick['at']['examples']} test images, expected accuracy over {quick['dcs']['draws']} "
+        "fresh draws of taps per chunk of images (the baseline has no taps: one forward).",
         "",
         "| model | clean acc | PGD-20 acc | train s/epoch | epochs |",
         "|---|---|---|---|---|",
@@ -415,6 +503,7 @@ def run(spec: RecipeSpec, argv: Sequence[str] | None = None) -> dict[str, Any] |
     With ``--seeds N > 1``: seeds SEED .. SEED+N-1, each a full run in ``OUT/seed_S/``; ``OUT/results.json``
     and ``results.md`` then give every seed's figures and their mean +- std across seeds.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(spec).parse_args(argv)
     _check_args(args, spec)
     if args.seeds < 1:
@@ -481,10 +570,35 @@ def _run_seed(
     spec: RecipeSpec, args: argparse.Namespace, argv: Sequence[str] | None, ctx: DistContext
 ) -> dict[str, Any] | None:
     """One seed: train, evaluate, write ``args.out``'s results (rank 0 returns them)."""
+    output_dir(args.out)
     dataset, train_set, test_set = _datasets(args, spec)
     base_cfg, dcs_cfg = _configs(args, spec, dataset)
+    trainings = _trainings(args, base_cfg, dcs_cfg)
+    _check_networks(trainings)
+    if ctx.is_main:
+        _check_out(args, trainings)
+    barrier(ctx)
     message = _placement_message(spec, args.placement, args.n, args.k)
-    say = print if ctx.is_main else (lambda *a, **k: None)
+    with quiet(args.quiet):
+        return _train_evaluate_report(spec, args, argv, ctx, dataset, train_set, test_set, trainings, message)
+
+
+def _train_evaluate_report(
+    spec: RecipeSpec,
+    args: argparse.Namespace,
+    argv: list[str],
+    ctx: Any,
+    dataset: str,
+    train_set: Dataset,
+    test_set: Dataset,
+    trainings: list[tuple[str, TrainConfig, str]],
+    message: str,
+) -> dict[str, Any] | None:
+    base_cfg = trainings[0][1]
+
+    def say(line: str) -> None:
+        log(line, ctx.is_main)
+
     say(
         f"[{spec.name}] {'embedded default: ' if args.data_dir is None else ''}{dataset}, {spec.arch} width "
         f"{base_cfg.width}, {base_cfg.epochs} epochs, batch {base_cfg.batch_size}, device {ctx.device}"
@@ -495,22 +609,24 @@ def _run_seed(
         say(f"[{spec.name}] note: {note}")
     args.out.mkdir(parents=True, exist_ok=True)
     runs = {}
-    trainings = [("at", base_cfg, "pgd_at"), ("dcs", dcs_cfg, "gsat")]
-    if args.fig4a:  # the same DCS network, trained as the paper's Fig. 4a compares it
-        trainings += [
-            ("dcs_at", replace(dcs_cfg, method="pgd_at"), "dcs_pgd_at"),
-            ("dcs_clean", replace(dcs_cfg, method="clean"), "dcs_clean"),
-        ]
-    for key, cfg, label in trainings:
-        runs[key] = train(
-            cfg,
-            train_set,
-            test_set,
-            args.out / f"{label}.pt",
-            resume=args.resume,
-            device=args.device,
-            name=label,
-        )
+    for i, (key, cfg, label) in enumerate(trainings):
+        try:
+            runs[key] = train(
+                cfg,
+                train_set,
+                test_set,
+                args.out / f"{label}.pt",
+                resume=args.resume,
+                device=args.device,
+                name=label,
+            )
+        except KeyboardInterrupt:
+            written = [args.out / f"{lab}.pt" for _, _, lab in trainings[: i + 1]]
+            written = [path for path in written if path.exists()]
+            where = f"last checkpoint {written[-1]}" if written else "no checkpoint written yet"
+            raise Interrupted(
+                f"interrupted while training {label}; {where}; resume with: {_resume_command(spec, argv)}"
+            ) from None
     barrier(ctx)
     if not ctx.is_main:
         return None
@@ -519,6 +635,44 @@ def _run_seed(
         key: f"{label}, {spec.arch} width {base_cfg.width}, {args.out / ckpt}, {dataset}"
         for key, label, ckpt in (("at", "PGD-AT baseline", "pgd_at.pt"), ("dcs", "DCS + GSAT", "gsat.pt"))
     }
+    try:
+        return _evaluate_and_report(
+            spec, args, argv, ctx, runs, dataset, test_set, message, base_cfg, say, subjects
+        )
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted while evaluating; every checkpoint in {args.out} is complete; evaluate again with: "
+            f"{_resume_command(spec, argv)}"
+        ) from None
+
+
+def _evaluate_and_report(
+    spec: RecipeSpec,
+    args: argparse.Namespace,
+    argv: list[str],
+    ctx: Any,
+    runs: dict[str, TrainResult],
+    dataset: str,
+    test_set: Dataset,
+    message: str,
+    base_cfg: TrainConfig,
+    say: Callable[[str], None],
+    subjects: dict[str, str],
+) -> dict[str, Any]:
+    command = shlex.join(["python", "-m", f"recipes.{spec.name}", *argv])
+
+    def record(split: str, **checkpoints: Path) -> dict[str, Any]:
+        return provenance(
+            command=command,
+            seed=args.seed,
+            device=ctx.device,
+            dataset=dataset,
+            split=split,
+            data_dir=args.data_dir or FASHION_MNIST_DIR,
+            checkpoints=checkpoints,
+        )
+
+    checkpoints = {key: r.checkpoint for key, r in runs.items() if r.checkpoint is not None}
     evaluation = evaluate_pair(
         runs["at"].net,
         runs["dcs"].net,
@@ -531,6 +685,10 @@ def _run_seed(
         base_cfg.alpha,
         full=not args.quick_eval,
         subjects=subjects,
+        records={
+            "at": record("test", model=checkpoints["at"]),
+            "dcs": record("test", model=checkpoints["dcs"], transfer=checkpoints["at"]),
+        },
     )
     if args.fig4a:
         say(f"[{spec.name}] Fig. 4a: gradient similarity of DCS + GSAT, DCS + PGD-AT, DCS + clean training")
@@ -542,9 +700,8 @@ def _run_seed(
     at_s, dcs_s = _mean_epoch_seconds(runs["at"]), _mean_epoch_seconds(runs["dcs"])
     payload = {
         "recipe": spec.name,
-        "command": " ".join(
-            ["python -m recipes." + spec.name, *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": command,
+        "provenance": record("train (training), test (evaluation)", **checkpoints),
         "dataset": dataset,
         "embedded": args.data_dir is None,
         "placement": args.placement,
@@ -568,21 +725,30 @@ def _run_seed(
     _write_markdown(args.out / "results.md", payload)
     _plot_curves(args.out / "curves.png", runs)
     at, dcs = evaluation["quick"]["at"], evaluation["quick"]["dcs"]
-    say(
+    print(
         f"[{spec.name}] PGD-AT: clean {100 * at['clean_acc']:.2f}% PGD-20 {100 * at['pgd20_acc']:.2f}% | "
-        f"DCS+GSAT: clean {100 * dcs['clean_acc']:.2f}% PGD-20 {100 * dcs['pgd20_acc']:.2f}% (paper protocol)"
+        f"DCS+GSAT: clean {100 * dcs['clean_acc']:.2f}% PGD-20 {100 * dcs['pgd20_acc']:.2f}% "
+        f"(paper-protocol attack; {dcs['examples']} test images, expected accuracy over {dcs['draws']} "
+        "draws of taps)"
     )
     say(f"[{spec.name}] wrote {args.out / 'results.json'}, results.md, curves.png")
     return payload
 
 
 def main(spec: RecipeSpec, argv: Sequence[str] | None = None) -> int:
-    """Command-line entry: run, turning dcspass errors into one clear line and exit status 2."""
+    """Command-line entry: run, turning dcspass errors into one clear line and exit status 2, and Ctrl-C
+    into one line that says how to resume (exit status 130)."""
     try:
         run(spec, argv)
     except DCSError as exc:
         print(f"{spec.name}: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"{spec.name}: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{spec.name}: interrupted before training started; nothing was written", file=sys.stderr)
+        return 130
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -59,6 +60,14 @@ def test_smoke_run_writes_results(tmp_path, capsys):
         assert -1 <= entry["cosine"]["overall"]["mean"] <= 1 and entry["examples"] == 8
     assert (tmp_path / "fig4a.png").read_bytes()[:4] == b"\x89PNG"
     assert "| DCS + clean training |" in (tmp_path / "results.md").read_text()
+    record = results["provenance"]
+    assert set(record["checkpoints"]) == {"at", "dcs", "dcs_at", "dcs_clean"}
+    gsat = record["checkpoints"]["dcs"]
+    assert gsat["path"] == str((tmp_path / "gsat.pt").resolve())
+    assert gsat["sha256"] == hashlib.sha256((tmp_path / "gsat.pt").read_bytes()).hexdigest()
+    assert record["dataset"]["name"] == "fashion_mnist" and record["seed"] == 1
+    assert record["command"].startswith("python -m recipes.paper_rn18 --epochs 1")
+    assert record["versions"]["torch"] == torch.__version__ and record["device"] == "cpu"
     out = capsys.readouterr().out
     assert "admits n=2" in out and "[gsat] epoch 1/1" in out and "[dcs_clean] epoch 1/1" in out
 
@@ -170,3 +179,16 @@ def test_seeds_run_each_seed_and_report_mean_and_std(tmp_path):
     assert "| DCS + GSAT: clean (quick table) |" in (tmp_path / "results.md").read_text()
     with pytest.raises(dcspass.ConfigError, match="--seeds must be >= 1"):
         common.run(paper_rn18.SPEC, ["--seeds", "0"])
+def test_overwrite_replaces_the_old_run_and_quiet_prints_only_the_final_summary(tmp_path, capsys):
+    (tmp_path / "results.json").write_text('{"old": true}\n')
+    (tmp_path / "dcs_clean.pt").write_text("a checkpoint of the old run\n")
+    argv = [*SMOKE, "--no-fig4a", "--quiet", "--overwrite", "--out", str(tmp_path)]
+    assert common.main(paper_rn18.SPEC, argv) == 0
+    assert "old" not in json.loads((tmp_path / "results.json").read_text())
+    assert not (tmp_path / "dcs_clean.pt").exists()  # --no-fig4a: no mix of the old run and the new
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("[paper_rn18] PGD-AT: clean ")
+    draws = dcspass.evaluation.get_budget("smoke").score_draws
+    assert f"64 test images, expected accuracy over {draws} draws of taps" in lines[0]

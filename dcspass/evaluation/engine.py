@@ -12,6 +12,7 @@ import torchattacks
 from torch import nn
 
 from ..errors import EvaluationError
+from ..progress import stage
 from ..sampling import dcs_layers
 from .analyses import gradient_cosine, sweeps
 from .budget import Budget, get_budget
@@ -148,14 +149,17 @@ def evaluate(
     report = Report(config=config, warnings=warnings_out)
     start = time.perf_counter()
     if protocol in ("paper", "both"):
+        stage(f"evaluate: paper protocol, {repeats} repeat(s) on {x.shape[0]} images ({b.name} budget)")
         report.paper = run_paper(ctx, x, y, repeats)
         report.seconds["paper protocol"] = time.perf_counter() - start
     if protocol in ("adaptive", "both"):
         start = time.perf_counter()
+        stage(f"evaluate: adaptive protocol on {x.shape[0]} images ({b.name} budget)")
         report.adaptive = run_adaptive(ctx, x, y)
         report.seconds["adaptive protocol"] = time.perf_counter() - start
     curves = None
     if analyses:
+        stage("evaluate: gradient similarity and strength sweeps")
         start = time.perf_counter()
         report.analyses["cosine"] = gradient_cosine(ctx, x[: b.cosine_examples], y[: b.cosine_examples])
         report.seconds["gradient cosine"] = time.perf_counter() - start

@@ -21,6 +21,7 @@ import torch
 import torchattacks
 from torch import nn
 
+from ..progress import bar
 from ..sampling import dcs_layers, frozen_taps
 from .attacks import (
     AttackFn,
@@ -179,7 +180,12 @@ def run_paper(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor, repeats: int) 
         attacks = paper_attacks(ctx, ctx.seed + r)
         correct: dict[str, list[torch.Tensor]] = {"clean": []}
         result.descriptions["clean"] = "no attack"
-        for xb, yb in batches(x, y, ctx.budget.batch_size):
+        progress = bar(
+            batches(x, y, ctx.budget.batch_size),
+            f"paper protocol, repeat {r + 1}/{repeats}",
+            total=-(-x.shape[0] // ctx.budget.batch_size),
+        )
+        for xb, yb in progress:
             v, bad = one_draw_per_image(model, xb, yb)
             correct["clean"].append(v)
             ctx.nonfinite += bad
@@ -337,7 +343,9 @@ def run_adaptive(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> Protocol
     members: list[str] = []
     for name, (description, attack, worst) in attacks.items():
         start = time.perf_counter()
-        adv = torch.cat([attack(xb, yb) for xb, yb in batches(x, y, b.batch_size)])
+        count = -(-x.shape[0] // b.batch_size)
+        progress = bar(batches(x, y, b.batch_size), f"adaptive: {name}", total=count)
+        adv = torch.cat([attack(xb, yb) for xb, yb in progress])
         ctx.nonfinite += int((~torch.isfinite(adv)).sum())
         probs[name] = scorer(adv, y)
         result.seconds[name] = time.perf_counter() - start

@@ -9,10 +9,8 @@ Format (docs/architecture.md): ``{"format": "dcspass-checkpoint-v1", "config": T
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ __all__ = [
     "capture_rng",
     "load_checkpoint",
     "load_model",
+    "remove_stale_temporaries",
     "restore_rng",
     "save_checkpoint",
 ]
@@ -75,13 +74,29 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def stale_temporaries(path: str | Path) -> list[Path]:
+    """Temporary files a killed ``save_checkpoint`` of ``path`` left beside it (``.NAME.*.tmp``)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete what ``stale_temporaries`` finds; returns the removed paths. Run on every save and resume."""
+    removed = stale_temporaries(path)
+    for tmp in removed:
+        tmp.unlink(missing_ok=True)
+    return removed
+
+
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` (plus the format tag) to ``path`` atomically: temp file, fsync, ``os.replace``.
 
-    A run killed mid-write leaves the previous checkpoint intact, never a truncated one.
+    A run killed mid-write leaves the previous checkpoint intact, never a truncated one; the temporary
+    file such a kill leaves is removed by the next save (or resume) of the same path.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -94,17 +109,28 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         raise
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint dict (``weights_only=True``); ``CheckpointError`` if missing, corrupt or foreign."""
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint dict on the CPU (``weights_only=True``).
+
+    Tensors stay on the CPU: ``load_state_dict`` copies them to wherever the model lives, and the RNG
+    states must be CPU tensors anyway. So a device problem can never surface here as a bad file.
+
+    Raises:
+        CheckpointError: the file is missing, does not parse (corrupt, truncated, not a torch file),
+            or parses but is not a dcspass checkpoint.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; train first or check --out / the path")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise CheckpointError(f"checkpoint {path} {what}; train first or check --out / the path")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # any parse failure: torch raises KeyError, EOFError, UnpicklingError, ...
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a torch file ({type(exc).__name__}: {str(exc)[:200]}); "
-            "delete it and train again"
+            f"checkpoint {path} cannot be parsed: it is corrupt, truncated or not a torch file "
+            f"({type(exc).__name__}: {str(exc)[:200]}); point to another file, or train again"
         ) from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
@@ -112,14 +138,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-_IDENTITY = ("arch", "num_classes", "in_channels", "width", "model_options", "policy", "n", "k")
+# What makes two configs the same network; the DCS fields count only when there is a DCS pass.
+_IDENTITY = ("arch", "num_classes", "in_channels", "width", "model_options", "policy")
+_DCS_IDENTITY = ("n", "k")
 
 
 def check_compatible(state: dict[str, Any], config: TrainConfig, path: str | Path) -> None:
     """``CheckpointError`` unless the checkpoint holds the same network as ``config`` would build."""
     saved = state["config"]
     expected = config.to_dict()
-    diff = {key: (saved.get(key), expected[key]) for key in _IDENTITY if saved.get(key) != expected[key]}
+    keys = _IDENTITY + (_DCS_IDENTITY if expected["policy"] is not None else ())
+    diff = {key: (saved.get(key), expected[key]) for key in keys if saved.get(key) != expected[key]}
     if diff:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
         raise CheckpointError(
@@ -136,11 +165,12 @@ def load_model(
 
     Args:
         path: a checkpoint written by training.
-        map_location: where the weights go.
+        map_location: where the model goes (check it first with ``dcspass.preflight.resolve_device``;
+            the file itself is always read on the CPU).
         expect: optional ``{field: value}`` the checkpoint's config must match (e.g.
             ``{"arch": "resnet18", "num_classes": 10}``); a mismatch is a ``CheckpointError``.
     """
-    state = load_checkpoint(path, map_location)
+    state = load_checkpoint(path)
     config = state["config"]
     for key, value in (expect or {}).items():
         if config.get(key) != value:

@@ -34,7 +34,8 @@ class TrainConfig:
     Optimiser: SGD ``lr``, ``momentum``, ``weight_decay``, global ``batch_size``; ``schedule``
     ``"multistep"`` (x ``gamma`` at each of ``milestones``, in epochs) or ``"cosine"`` over ``epochs``.
     Monitoring: each epoch, clean and PGD-``eval_steps`` accuracy on ``eval_examples`` held-out
-    examples (paper protocol). ``samples_per_epoch`` (None = all) draws a fresh subset each epoch.
+    examples (paper protocol), expected over ``eval_draws`` fresh draws of taps per chunk of images.
+    ``samples_per_epoch`` (None = all) draws a fresh subset each epoch.
     """
 
     arch: str = "resnet18"
@@ -61,6 +62,7 @@ class TrainConfig:
     attack_steps: int = 7
     eval_steps: int = 20
     eval_examples: int = 512
+    eval_draws: int = 8
     samples_per_epoch: int | None = None
     seed: int = 0
     compile: bool = False
@@ -73,7 +75,7 @@ class TrainConfig:
             raise ConfigError("method='gsat' trains a DCS network: give a policy (e.g. 'index:6')")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        for name in ("epochs", "batch_size", "attack_steps", "eval_steps", "n"):
+        for name in ("epochs", "batch_size", "attack_steps", "eval_steps", "eval_draws", "n"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive int, got {value!r}")

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-from ..errors import ConfigError
+from ..preflight import resolve_device
 
 __all__ = ["DistContext", "EpochSampler", "all_reduce_sum", "barrier", "init_distributed"]
 
@@ -43,11 +43,7 @@ def init_distributed(device: str | torch.device | None = None) -> DistContext:
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... or None for CUDA when available. Under several
             processes on CUDA each process takes ``cuda:LOCAL_RANK``.
     """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device} asked for CUDA but torch sees no GPU; use --device cpu")
+    device = resolve_device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistContext(0, 1, device)

@@ -21,12 +21,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import ConfigError, DCSError
-from .checkpoint import capture_rng, check_compatible, load_checkpoint, restore_rng, save_checkpoint
+from ..progress import bar, log, stage
+from .checkpoint import (
+    capture_rng,
+    check_compatible,
+    load_checkpoint,
+    remove_stale_temporaries,
+    restore_rng,
+    save_checkpoint,
+)
 from .config import TrainConfig, build_network
 from .distributed import DistContext, EpochSampler, all_reduce_sum, barrier, init_distributed
 from .methods import make_method
 from .monitor import paper_protocol_accuracy
-from .progress import bar, log
 
 __all__ = ["TrainResult", "make_optimizer", "make_scheduler", "train"]
 
@@ -93,7 +100,8 @@ def train(
             process joins the process group and trains with DDP.
         stop_after_epoch: stop once this many epochs are done (as if killed after that epoch).
         name: label for the log lines (default: the method).
-        progress: show tqdm bars (only on a terminal) and log lines.
+        progress: show tqdm bars (only on a terminal), the stage line and the per-epoch log lines
+            (``dcspass.progress.quiet()`` silences them all).
     """
     ctx = init_distributed(device)
     name = name or config.method
@@ -110,7 +118,9 @@ def train(
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resume and checkpoint_path is not None and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path, map_location=ctx.device)
+        if ctx.is_main:
+            remove_stale_temporaries(checkpoint_path)
+        state = load_checkpoint(checkpoint_path)
         check_compatible(state, config, checkpoint_path)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -141,6 +151,11 @@ def train(
     )
     eval_loader = _eval_loader(eval_set, config, ctx)
     epochs_done = start_epoch
+    stage(
+        f"[{name}] training epochs {start_epoch + 1}..{config.epochs} of {config.method} on {ctx.device}"
+        + (f", checkpoint {checkpoint_path}" if checkpoint_path is not None else ""),
+        ctx.is_main and progress and start_epoch < config.epochs,
+    )
     last_epoch = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
     for epoch in range(start_epoch, last_epoch):
         sampler.set_epoch(epoch)
@@ -163,8 +178,10 @@ def train(
         scheduler.step()
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         eval_start = time.perf_counter()
+        desc = f"[{name}] held-out evaluation, epoch {epoch + 1}"
+        held_out = bar(eval_loader, desc, ctx.is_main and progress)
         clean, robust, total = paper_protocol_accuracy(
-            net, eval_loader, config.eps, config.alpha, config.eval_steps, ctx.device
+            net, held_out, config.eps, config.alpha, config.eval_steps, ctx.device, config.eval_draws
         )
         loss_sum, correct, seen, clean, robust, total = all_reduce_sum(
             [loss_sum, correct, seen, clean, robust, total], ctx
@@ -176,6 +193,8 @@ def train(
             "train_acc": correct / max(seen, 1),
             "clean_acc": clean / max(total, 1),
             "pgd_acc": robust / max(total, 1),
+            "eval_images": int(total),
+            "eval_draws": config.eval_draws if config.is_dcs else 1,
             "seconds": seconds,
             "cpu_seconds": cpu_seconds,
             "eval_seconds": time.perf_counter() - eval_start,
@@ -191,6 +210,8 @@ def train(
             **{f"pgd{config.eval_steps}_acc": record["pgd_acc"]},
             lr=lr,
             seconds=round(seconds, 1),
+            note=f"(held-out accuracy: {record['eval_images']} images, expected over "
+            f"{record['eval_draws']} draw(s) of taps, paper-protocol attack)",
         )
         if checkpoint_path is not None and ctx.is_main:
             save_checkpoint(
