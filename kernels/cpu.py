@@ -165,7 +165,7 @@ def _tapped_weight(weight: torch.Tensor, taps: torch.Tensor, groups: int) -> tor
 
 
 def _untapped_weight_grad(gwt: torch.Tensor, weight_shape: Sequence[int], taps: torch.Tensor) -> torch.Tensor:
-    """``[groups, n*Cg, Og]`` (rows as ``_tapped_weight``) -> the full ``[C_out, Cg, k, k]``, zero off taps."""
+    """``[groups, n*Cg, Og]`` (rows as ``_tapped_weight``) -> ``[C_out, Cg, k, k]``, zero off the taps."""
     c_out, cg, k, _ = weight_shape
     groups, n = gwt.shape[0], taps.numel()
     grad_weight = gwt.new_zeros(weight_shape)

@@ -192,7 +192,9 @@ def _grad_input_qualifies(grad_out, x_size, channels_last, weight, taps, stride,
     )
 
 
-def _grad_weight_qualifies(grad_out, x, weight_size, taps, stride, padding, dilation, groups, cols=None) -> bool:
+def _grad_weight_qualifies(
+    grad_out, x, weight_size, taps, stride, padding, dilation, groups, cols=None
+) -> bool:
     # As kernels.op does for this op: there is no weight tensor, so x stands in for its dtype; the
     # launcher's supports() then checks grad_out's dtype against x's.
     return _traceable(x, x, groups) and triton_grad_weight.supports(grad_out, x)
