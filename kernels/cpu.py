@@ -196,7 +196,7 @@ def _grad_out_groups(grad_out: torch.Tensor, groups: int) -> torch.Tensor:
     gl = grad_out.permute(0, 2, 3, 1)
     if groups == 1:
         return gl.reshape(1, b * ho * wo, c_out)
-    return gl.unflatten(-1, (groups, -1)).permute(3, 0, 1, 2, 4).reshape(groups, b * ho * wo, -1)
+    return gl.unflatten(-1, (groups, -1)).permute(3, 0, 1, 2, 4).reshape(groups, b * ho * wo, c_out // groups)
 
 
 def keeps_cols(x_shape: Sequence[int], weight_shape: Sequence[int], n: int, hw_out, groups: int) -> bool:
@@ -241,20 +241,21 @@ def _forward(x, weight, bias, taps, stride, padding: Pads, dilation, groups: int
         return (out if bias is None else out.add_(bias.view(1, -1, 1, 1))), None
     wt = _tapped_weight(weight, taps, groups)  # [g, n*Cg, Og]
     ho, wo = hw_out
+    kg = wt.shape[1]  # n*Cg, the GEMMs' reduction
     if _memory_format(x) == torch.channels_last:
         # One GEMM per group over all M = B*H_out*W_out rows; [M, C_out] is the channels_last output.
-        cols = _gather_cols(x, windows, groups, hw_out, group_major=True).view(groups, b * ho * wo, -1)
+        cols = _gather_cols(x, windows, groups, hw_out, group_major=True).view(groups, b * ho * wo, kg)
         if groups == 1:
             out = torch.mm(cols[0], wt[0]) if bias is None else torch.addmm(bias, cols[0], wt[0])
             return out.view(b, ho, wo, c_out).permute(0, 3, 1, 2), cols
         out = torch.bmm(cols, wt)  # [g, M, Og]
         if bias is not None:
             out += bias.view(groups, 1, -1)
-        out = out.view(groups, b, ho, wo, -1).permute(1, 2, 3, 0, 4).reshape(b, ho, wo, c_out)
+        out = out.view(groups, b, ho, wo, c_out // groups).permute(1, 2, 3, 0, 4).reshape(b, ho, wo, c_out)
         # contiguous() copies only when a size of 1 made reshape return odd strides
         return out.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last), cols
     # Per image and group out[Og, HW] = W_taps^T [Og, n*Cg] @ cols^T [n*Cg, HW]: lands in NCHW.
-    cols = _gather_cols(x, windows, groups, hw_out, group_major=False).view(b * groups, ho * wo, -1)
+    cols = _gather_cols(x, windows, groups, hw_out, group_major=False).view(b * groups, ho * wo, kg)
     out = torch.bmm(_batched(wt.transpose(1, 2), b), cols.transpose(1, 2)).view(b, c_out, ho, wo)
     return (out if bias is None else out.add_(bias.view(1, -1, 1, 1))), cols
 
@@ -280,7 +281,7 @@ def dcs_grad_input(grad_out, x_shape, x_format, weight, taps, stride, padding: P
         gcols = _group_matmul(_grad_out_groups(grad_out, groups), wt.transpose(1, 2))  # [g, M, n*Cg]
     else:
         # Per image and group grad_cols[HW, n*Cg] = grad_out^T [HW, Og] @ W_taps^T [Og, n*Cg].
-        go = grad_out.reshape(b * groups, -1, hw_out[0] * hw_out[1])
+        go = grad_out.reshape(b * groups, weight.shape[0] // groups, hw_out[0] * hw_out[1])
         gcols = torch.bmm(go.transpose(1, 2), _batched(wt.transpose(1, 2), b))
     shape = _cols_shape(b, groups, hw_out, len(windows), c_in // groups, group_major)
     gcols = _by_position(gcols.view(shape), group_major)  # [B, H_out, W_out, n, g, Cg]
@@ -311,16 +312,17 @@ def dcs_grad_weight(
                 gw[:, 0, taps[win.index]] = prod.sum((0, 2, 3))
         return grad_weight
     ho, wo = hw_out
+    kg = taps.numel() * weight_shape[1]  # n*Cg
     group_major = _memory_format(x) == torch.channels_last
     if cols is None or cols.numel() == 0:
         cols = _gather_cols(x, windows, groups, hw_out, group_major)
     if group_major:
         # One GEMM per group, K = every output position of the batch.
-        cols = cols.view(groups, b * ho * wo, -1)
+        cols = cols.view(groups, b * ho * wo, kg)
         gwt = _group_matmul(cols.transpose(1, 2), _grad_out_groups(grad_out, groups))  # [g, n*Cg, Og]
     else:
         # Per image and group [Og, HW] @ [HW, n*Cg], summed over the batch.
-        cols = cols.view(b * groups, ho * wo, -1)
-        go = grad_out.reshape(b * groups, -1, ho * wo)
-        gwt = torch.bmm(go, cols).view(b, groups, -1, cols.shape[-1]).sum(0).transpose(1, 2)
+        cols = cols.view(b * groups, ho * wo, kg)
+        go = grad_out.reshape(b * groups, c_out // groups, ho * wo)
+        gwt = torch.bmm(go, cols).view(b, groups, c_out // groups, kg).sum(0).transpose(1, 2)
     return _untapped_weight_grad(gwt, weight_shape, taps)
