@@ -143,6 +143,7 @@ def _setup_context(ctx, inputs, output):
     x, weight, bias, taps, stride, padding, dilation, groups = inputs
     cols = output[1]
     ctx.mark_non_differentiable(cols)
+    ctx.set_materialize_grads(False)  # else backward gets a zero-filled gradient as large as cols
     ctx.save_for_backward(x, weight, taps, cols)
     ctx.conv = (stride, padding, dilation, groups)
     ctx.has_bias = bias is not None
@@ -152,6 +153,8 @@ def _backward(ctx, grad_out, _grad_cols):
     x, weight, taps, cols = ctx.saved_tensors
     stride, padding, dilation, groups = ctx.conv
     grad_x = grad_w = grad_b = None
+    if grad_out is None:  # grads are not materialised (see _setup_context)
+        return grad_x, grad_w, grad_b, None, None, None, None, None
     if ctx.needs_input_grad[0]:
         grad_x = dcs_conv2d_grad_input(
             grad_out, list(x.shape), _channels_last(x), weight, taps, stride, padding, dilation, groups
