@@ -13,14 +13,16 @@ is one GEMM against the tapped weight ``[n*C_in/groups, C_out/groups]`` with no 
 - NCHW input: the gather transposes to channels innermost anyway (it reads only the tapped half of
   the input at stride 2), and per image the GEMM ``W_taps^T @ cols_b^T`` lands directly in NCHW
   (BLAS reads the transposed operand in place): one batched GEMM over images, no layout conversion
-  of the input, the output, ``grad_out`` or the input gradient.
+  of the input, the output, ``grad_out`` or the input gradient. Grad-input's GEMM there is
+  ``W_taps @ grad_out_b``, whose result is already in NCHW order for the adds into the input gradient.
 
 Padding is never materialised: each tap's window is clipped to the part that lies inside the input,
 and only the rest of that tap's ``cols`` columns is zeroed (a thin border, not the whole buffer).
-Backward mirrors this: ``grad_cols = grad_out @ W_taps^T`` is added window by window into a zeroed
-input gradient (measured: one memset plus n adds beats writing each stride phase once, because
-strided fills are slow), and the weight gradient is written into the n tapped positions of a zero
-``[C_out, C_in/groups, k, k]`` gradient.
+Backward mirrors this: ``grad_cols`` is added window by window into a zeroed input gradient
+(measured: one memset plus n adds beats writing each stride phase once, because strided fills are
+slow), and the weight gradient is written into the n tapped positions of a zero
+``[C_out, C_in/groups, k, k]`` gradient. The forward keeps ``cols`` for the weight gradient while
+they are small (``keeps_cols``), so backward does not gather again.
 
 Depthwise layers (one input channel per group and per output) skip the GEMM: a GEMM with K = n is
 all overhead, so they accumulate ``window * w_tap`` elementwise instead.
@@ -276,19 +278,23 @@ def dcs_grad_input(grad_out, x_shape, x_format, weight, taps, stride, padding: P
                 )
         return gx
     wt = _tapped_weight(weight, taps, groups)  # [g, n*Cg, Og]
-    group_major = x_format == torch.channels_last
-    if group_major:
+    n, cg = len(windows), c_in // groups
+    if x_format == torch.channels_last:
         gcols = _group_matmul(_grad_out_groups(grad_out, groups), wt.transpose(1, 2))  # [g, M, n*Cg]
-    else:
-        # Per image and group grad_cols[HW, n*Cg] = grad_out^T [HW, Og] @ W_taps^T [Og, n*Cg].
-        go = grad_out.reshape(b * groups, weight.shape[0] // groups, hw_out[0] * hw_out[1])
-        gcols = torch.bmm(go.transpose(1, 2), _batched(wt.transpose(1, 2), b))
-    shape = _cols_shape(b, groups, hw_out, len(windows), c_in // groups, group_major)
-    gcols = _by_position(gcols.view(shape), group_major)  # [B, H_out, W_out, n, g, Cg]
-    gxg = gx.permute(0, 2, 3, 1).unflatten(-1, (groups, -1))  # [B, H, W, g, Cg] view of either layout
+        gcols = _by_position(gcols.view(groups, b, *hw_out, n, cg), True)  # [B, H_out, W_out, n, g, Cg]
+        gxg = gx.permute(0, 2, 3, 1).unflatten(-1, (groups, cg))  # [B, H, W, g, Cg]
+        for win in windows:
+            if not win.empty():
+                gxg[:, win.in_rows, win.in_cols].add_(gcols[:, win.out_rows, win.out_cols, win.index])
+        return gx
+    # Per image and group grad_cols[n*Cg, HW] = W_taps [n*Cg, Og] @ grad_out [Og, HW]: NCHW order, so
+    # the adds below run along rows of both (measured 1.1x-1.3x faster than channels-innermost here).
+    go = grad_out.reshape(b * groups, weight.shape[0] // groups, hw_out[0] * hw_out[1])
+    gcols = torch.bmm(_batched(wt, b), go).view(b, groups, n, cg, *hw_out)
+    gxg = gx.view(b, groups, cg, h, w)
     for win in windows:
         if not win.empty():
-            gxg[:, win.in_rows, win.in_cols].add_(gcols[:, win.out_rows, win.out_cols, win.index])
+            gxg[:, :, :, win.in_rows, win.in_cols].add_(gcols[:, :, win.index, :, win.out_rows, win.out_cols])
     return gx
 
 
