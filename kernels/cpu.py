@@ -133,10 +133,6 @@ def _by_position(cols: torch.Tensor, group_major: bool) -> torch.Tensor:
     return cols.permute(1, 2, 3, 4, 0, 5) if group_major else cols.permute(0, 2, 3, 4, 1, 5)
 
 
-def _cols_shape(b: int, groups: int, hw_out, n: int, cg: int, group_major: bool) -> tuple[int, ...]:
-    return (groups, b, *hw_out, n, cg) if group_major else (b, groups, *hw_out, n, cg)
-
-
 def _gather_cols(
     x: torch.Tensor, windows: list[TapWindow], groups: int, hw_out: tuple[int, int], group_major: bool
 ) -> torch.Tensor:
@@ -146,11 +142,11 @@ def _gather_cols(
     channels_last path); else ``[B, groups, H_out, W_out, n, Cg]``, one ``[H_out*W_out, n*Cg]`` matrix
     per image and group (the NCHW path). Either way a row is (tap, channel) pairs of one position.
     """
-    b, c = x.shape[:2]
-    shape = _cols_shape(b, groups, hw_out, len(windows), c // groups, group_major)
+    b, cg, n = x.shape[0], x.shape[1] // groups, len(windows)
+    shape = (groups, b, *hw_out, n, cg) if group_major else (b, groups, *hw_out, n, cg)
     cols = torch.empty(shape, dtype=x.dtype, device=x.device)
     dst = _by_position(cols, group_major)
-    src = x.permute(0, 2, 3, 1).unflatten(-1, (groups, -1))  # [B, H, W, g, Cg] view of either layout
+    src = x.permute(0, 2, 3, 1).unflatten(-1, (groups, cg))  # [B, H, W, g, Cg] view of either layout
     for w in windows:
         for rows, out_cols in _uncovered(w, hw_out):
             dst[:, rows, out_cols, w.index].zero_()
