@@ -1,70 +1,148 @@
 """fwd+bwd of DCSConv2d vs the masked dense k x k conv vs the 3x3 conv it replaces (CPU).
 
-Shape: CIFAR ResNet-18 ``layer2.0.conv1`` (batch 64, 64 -> 128 channels, 32x32, stride 2), k=5, n=2.
-Run: ``python benchmarks/op.py [--threads N] [--channels-last]``. Prints speedups measured side by side.
+Shapes (batch 64 unless ``--batch``; k = 5):
+
+- ``rn18``: CIFAR ResNet-18 ``layer2.0.conv1`` (64 -> 128, 32x32, stride 2), n = 2: the main goal.
+- ``rn18-n4``: the same layer with n = 4.
+- ``rn18-s1``: ResNet-18 ``layer1.0.conv1`` (64 -> 64, 32x32, stride 1), n = 2: the paper's placement.
+- ``wrn``: WRN-34-10 ``block2.layer.0.conv1`` (160 -> 320, 32x32, stride 2), n = 2.
+- ``rn50``: ResNet-50 ``layer2.0.conv2`` (128 -> 128, 32x32, stride 2), n = 2.
+
+Each candidate runs forward and ``torch.autograd.grad`` of a fixed random ``grad_out`` with respect to
+the input and the weight (no ``.grad`` accumulation, which is no part of a layer's cost), in NCHW and
+in channels_last. Candidates run interleaved (``_timing.compare``); ratios are medians of per-round
+ratios. Beside them: the DCS layer's achieved GFLOP/s (its three GEMMs, ``2*M*N*K`` each) and, from
+``torch.profiler`` over a few calls, the share of its time in GEMMs, in data movement (copies, fills,
+adds, index ops) and in the rest.
+
+Run: ``python benchmarks/op.py [--threads N] [--rounds R] [--shapes rn18,wrn]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.profiler import profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import compare, print_table
 
 import dcspass
 
+K = 5
+GEMM_OPS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"}
+MOVE_OPS = {"aten::copy_", "aten::fill_", "aten::add_", "aten::addcmul_", "aten::index_select"}
+MOVE_OPS |= {"aten::index_copy_", "aten::sum", "aten::cat", "aten::clone", "aten::contiguous"}
+PROFILED_CALLS = 5
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    c_in: int
+    c_out: int
+    hw: int
+    stride: int
+    n: int
+
+
+SHAPES = {
+    "rn18": Shape("ResNet-18 layer2.0.conv1", 64, 128, 32, 2, 2),
+    "rn18-n4": Shape("ResNet-18 layer2.0.conv1, n=4", 64, 128, 32, 2, 4),
+    "rn18-s1": Shape("ResNet-18 layer1.0.conv1 (stride 1)", 64, 64, 32, 1, 2),
+    "wrn": Shape("WRN-34-10 block2.layer.0.conv1", 160, 320, 32, 2, 2),
+    "rn50": Shape("ResNet-50 layer2.0.conv2", 128, 128, 32, 2, 2),
+}
+DCS = "DCSConv2d"
+MASKED = "masked dense 5x5 conv"
+CONV3 = "3x3 conv (replaced)"
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
     args = parser.parse_args()
+    keys = args.shapes.split(",")
+    unknown = [key for key in keys if key not in SHAPES]
+    if unknown or args.batch < 1 or args.threads < 1 or args.rounds < 1:
+        parser.error(f"unknown shape {unknown}" if unknown else "--batch, --threads, --rounds must be >= 1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    b, c_in, c_out, hw, stride, k, n = args.batch, 64, 128, 32, 2, 5, 2
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, k={K}")
+    for key in keys:
+        for fmt_name, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
+            run_shape(SHAPES[key], args.batch, fmt_name, fmt, args.rounds)
+
+
+def run_shape(shape: Shape, batch: int, fmt_name: str, fmt: torch.memory_format, rounds: int) -> None:
+    x = torch.randn(batch, shape.c_in, shape.hw, shape.hw).to(memory_format=fmt).requires_grad_()
+    fns = candidates(x, shape)
+    result = compare(fns, baseline=MASKED, rounds=rounds)
+    conv3 = result[CONV3]["median_s"]
+    for row in result.values():
+        row["speedup_vs_3x3"] = conv3 / row["median_s"]
+    hw_out = (shape.hw - 1) // shape.stride + 1
+    gemm_flop = 3 * 2 * (batch * hw_out * hw_out) * shape.c_out * (shape.n * shape.c_in)
+    dcs_s = result[DCS]["median_s"]
+    print_table(
+        f"fwd+bwd, {shape.name}: {shape.c_in} -> {shape.c_out}, {shape.hw}x{shape.hw}, "
+        f"stride {shape.stride}, n={shape.n}, {fmt_name} input",
+        result,
+    )
+    shares = time_shares(fns[DCS])
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, x [{b}, {c_in}, {hw}, {hw}] -> "
-        f"{c_out} channels, stride {stride}, k={k}, n={n}"
+        f"DCS: {gemm_flop / dcs_s / 1e9:.1f} GFLOP/s over its 3 GEMMs ({gemm_flop / 1e9:.2f} GFLOP); "
+        f"FLOP limit vs masked dense {K * K / shape.n:.1f}x; time in GEMMs {shares['gemm']:.0%}, "
+        f"data movement {shares['move']:.0%}, other {shares['other']:.0%} (profiler, self CPU time)"
     )
 
-    for fmt_name, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
-        x = torch.randn(b, c_in, hw, hw).to(memory_format=fmt).requires_grad_()
-        result = compare(
-            candidates(x, c_in, c_out, stride, k, n), baseline="masked dense 5x5 conv", rounds=args.rounds
-        )
-        conv3 = result["3x3 conv (replaced)"]["median_s"]
-        for row in result.values():
-            row["speedup_vs_3x3"] = conv3 / row["median_s"]
-        print_table(f"fwd+bwd, {fmt_name} input", result)
 
-
-def candidates(x: torch.Tensor, c_in: int, c_out: int, stride: int, k: int, n: int) -> dict:
+def candidates(x: torch.Tensor, shape: Shape) -> dict:
     """fwd+bwd closures: the DCS layer, the masked dense k x k conv, and the 3x3 conv DCS replaces."""
-    dcs = dcspass.DCSConv2d(c_in, c_out, k, n, stride=stride, padding=k // 2, bias=False)
+    c_in, c_out, stride, n = shape.c_in, shape.c_out, shape.stride, shape.n
+    dcs = dcspass.DCSConv2d(c_in, c_out, K, n, stride=stride, padding=K // 2, bias=False)
     dense3 = torch.nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
     w_dense = dcs.weight.detach().clone().requires_grad_()
+    hw_out = (shape.hw - 1) // stride + 1
+    grad_out = torch.randn(x.shape[0], c_out, hw_out, hw_out).to(memory_format=_format(x))
 
     def run_dcs():
-        dcs(x).sum().backward()
+        torch.autograd.grad(dcs(x), (x, dcs.weight), grad_out)
 
     def run_masked():
-        mask = torch.zeros(k * k).index_fill_(0, dcs.draw_taps(), 1.0).view(k, k)
-        F.conv2d(x, w_dense * mask, None, stride, k // 2).sum().backward()
+        mask = torch.zeros(K * K).index_fill_(0, dcs.draw_taps(), 1.0).view(K, K)
+        torch.autograd.grad(F.conv2d(x, w_dense * mask, None, stride, K // 2), (x, w_dense), grad_out)
 
     def run_conv3():
-        dense3(x).sum().backward()
+        torch.autograd.grad(dense3(x), (x, dense3.weight), grad_out)
 
-    return {
-        "masked dense 5x5 conv": run_masked,
-        "3x3 conv (replaced)": run_conv3,
-        "DCSConv2d k=5 n=2": run_dcs,
-    }
+    return {MASKED: run_masked, CONV3: run_conv3, DCS: run_dcs}
+
+
+def _format(x: torch.Tensor) -> torch.memory_format:
+    return torch.contiguous_format if x.is_contiguous() else torch.channels_last
+
+
+def time_shares(fn) -> dict[str, float]:
+    """Shares of self CPU time in GEMMs, data movement and the rest, over ``PROFILED_CALLS`` calls."""
+    fn()
+    with profile() as prof:
+        for _ in range(PROFILED_CALLS):
+            fn()
+    totals = {"gemm": 0.0, "move": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        kind = "gemm" if event.key in GEMM_OPS else "move" if event.key in MOVE_OPS else "other"
+        totals[kind] += event.self_cpu_time_total
+    whole = sum(totals.values()) or 1.0
+    return {kind: t / whole for kind, t in totals.items()}
 
 
 if __name__ == "__main__":

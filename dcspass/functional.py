@@ -110,7 +110,7 @@ def _dcs_conv2d_checked_geometry(
     if not trusted_taps and not torch.compiler.is_compiling():
         validate_taps(taps, weight.shape[-1] ** 2)
     unbatched = x.dim() == 3
-    out = _op.dcs_conv2d(
+    out = _op.conv2d(
         x.unsqueeze(0) if unbatched else x,
         weight,
         bias,

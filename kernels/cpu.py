@@ -1,17 +1,28 @@
 """The pure-PyTorch implementation of the DCS op: forward, grad-input, grad-weight.
 
 Only the n drawn taps are computed. Each tap (ky, kx) reads one strided window of the input; the
-windows are gathered side by side into a ``cols`` matrix ``[M = B*H_out*W_out, n*C_in/groups]`` and
-one GEMM per group against the tapped weight ``[n*C_in/groups, C_out/groups]`` gives the output.
-Working in the channels-last view makes both the gather and the GEMM contiguous and lets one GEMM
-cover the whole batch (``M`` rows) instead of one small GEMM per image; a channels_last input
-takes that path with no conversion, an NCHW one converts inside the gather it does anyway.
+windows are gathered side by side, channels innermost, into a ``cols`` buffer whose rows are output
+positions and whose columns are (tap, input channel) pairs, ``n*C_in/groups`` of them. Then each pass
+is one GEMM against the tapped weight ``[n*C_in/groups, C_out/groups]`` with no transposing copy:
 
-Padding is never materialised: each tap's window is clipped to the part that lies inside the input
-and the rest of ``cols`` stays zero. Backward mirrors this: ``grad_cols = grad_out @ W_taps^T`` is
-scatter-added window by window into the input gradient, and the weight gradient is one GEMM
-``cols^T @ grad_out`` whose K dimension is the whole batch, scattered into the n tapped positions of a
-zero ``[C_out, C_in/groups, k, k]`` gradient.
+- channels_last input (the native layout): ``cols`` is one ``[M = B*H_out*W_out, n*Cg]`` matrix per
+  group, the output ``cols @ W_taps`` is ``[M, C_out]``, which is the channels_last output itself,
+  and ``grad_out`` of that layout is ``[M, C_out]`` as it stands, so grad-input
+  (``grad_out @ W_taps^T``) and grad-weight (``cols^T @ grad_out``, K = the whole batch) read it in
+  place.
+- NCHW input: the gather transposes to channels innermost anyway (it reads only the tapped half of
+  the input at stride 2), and per image the GEMM ``W_taps^T @ cols_b^T`` lands directly in NCHW
+  (BLAS reads the transposed operand in place): one batched GEMM over images, no layout conversion
+  of the input, the output, ``grad_out`` or the input gradient. Grad-input's GEMM there is
+  ``W_taps @ grad_out_b``, whose result is already in NCHW order for the adds into the input gradient.
+
+Padding is never materialised: each tap's window is clipped to the part that lies inside the input,
+and only the rest of that tap's ``cols`` columns is zeroed (a thin border, not the whole buffer).
+Backward mirrors this: ``grad_cols`` is added window by window into a zeroed input gradient
+(measured: one memset plus n adds beats writing each stride phase once, because strided fills are
+slow), and the weight gradient is written into the n tapped positions of a zero
+``[C_out, C_in/groups, k, k]`` gradient. The forward keeps ``cols`` for the weight gradient while
+they are small (``keeps_cols``), so backward does not gather again.
 
 Depthwise layers (one input channel per group and per output) skip the GEMM: a GEMM with K = n is
 all overhead, so they accumulate ``window * w_tap`` elementwise instead.
@@ -26,9 +37,24 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["TapWindow", "dcs_forward", "dcs_grad_input", "dcs_grad_weight", "output_hw", "tap_windows"]
+__all__ = [
+    "KEEP_COLS_MAX_INPUTS",
+    "TapWindow",
+    "dcs_forward",
+    "dcs_forward_keeping_cols",
+    "dcs_grad_input",
+    "dcs_grad_weight",
+    "keeps_cols",
+    "output_hw",
+    "tap_windows",
+]
 
 Pads = tuple[int, int, int, int]  # (left, right, top, bottom)
+
+# The forward keeps its gathered cols for the weight gradient while they are at most this many times
+# the input's size (n*H_out*W_out <= 2*H*W: any n <= 8 at stride 2, n <= 2 at stride 1); beyond
+# that, backward gathers them again rather than hold n copies of the input.
+KEEP_COLS_MAX_INPUTS = 2
 
 
 @dataclass(frozen=True)
@@ -80,7 +106,7 @@ def tap_windows(
 
 def _is_depthwise(weight_shape: Sequence[int], groups: int) -> bool:
     """One input channel per group and one output channel per group."""
-    return weight_shape[1] == 1 and weight_shape[0] == groups
+    return weight_shape[0] == groups and weight_shape[1] == 1
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -91,52 +117,64 @@ def _memory_format(x: torch.Tensor) -> torch.memory_format:
     )
 
 
-def _gather_cols(
-    x: torch.Tensor, windows: list[TapWindow], partial: bool, groups: int, hw_out
-) -> torch.Tensor:
-    """NHWC-side gather: ``cols[g, b, i, j, t, c]`` = channel ``g*Cg + c`` under tap t at output (i, j).
+def _uncovered(window: TapWindow, hw_out: tuple[int, int]) -> list[tuple[slice, slice]]:
+    """The (rows, cols) rectangles of the output grid that ``window`` misses: where its cols are zero."""
+    if window.empty():
+        return [(slice(0, hw_out[0]), slice(0, hw_out[1]))]
+    r0, r1 = window.out_rows.start, window.out_rows.stop
+    c0, c1 = window.out_cols.start, window.out_cols.stop
+    pieces = [(slice(0, r0), slice(0, hw_out[1])), (slice(r1, hw_out[0]), slice(0, hw_out[1]))]
+    pieces += [(slice(r0, r1), slice(0, c0)), (slice(r0, r1), slice(c1, hw_out[1]))]
+    return [(rows, cols) for rows, cols in pieces if rows.start < rows.stop and cols.start < cols.stop]
 
-    Zero where the tap falls in the padding.
+
+def _by_position(cols: torch.Tensor, group_major: bool) -> torch.Tensor:
+    """A ``cols`` buffer (see ``_gather_cols``) as the view ``[B, H_out, W_out, n, groups, Cg]``."""
+    return cols.permute(1, 2, 3, 4, 0, 5) if group_major else cols.permute(0, 2, 3, 4, 1, 5)
+
+
+def _gather_cols(
+    x: torch.Tensor, windows: list[TapWindow], groups: int, hw_out: tuple[int, int], group_major: bool
+) -> torch.Tensor:
+    """The tapped input, channels innermost; zero where a tap falls in the padding.
+
+    ``group_major``: ``[groups, B, H_out, W_out, n, Cg]``, one ``[M, n*Cg]`` matrix per group (the
+    channels_last path); else ``[B, groups, H_out, W_out, n, Cg]``, one ``[H_out*W_out, n*Cg]`` matrix
+    per image and group (the NCHW path). Either way a row is (tap, channel) pairs of one position.
     """
-    b, c = x.shape[0], x.shape[1]
-    cg = c // groups
-    xl = x.permute(0, 2, 3, 1)  # [B, H, W, C] view; contiguous when x is channels_last
-    alloc = torch.zeros if partial else torch.empty
-    cols = alloc((groups, b, hw_out[0], hw_out[1], len(windows), cg), dtype=x.dtype, device=x.device)
+    b, cg, n = x.shape[0], x.shape[1] // groups, len(windows)
+    shape = (groups, b, *hw_out, n, cg) if group_major else (b, groups, *hw_out, n, cg)
+    cols = torch.empty(shape, dtype=x.dtype, device=x.device)
+    dst = _by_position(cols, group_major)
+    src = x.permute(0, 2, 3, 1).unflatten(-1, (groups, cg))  # [B, H, W, g, Cg] view of either layout
     for w in windows:
-        if w.empty():
-            continue
-        src = xl[:, w.in_rows, w.in_cols, :]
-        dst = cols[:, :, w.out_rows, w.out_cols, w.index, :]
-        dst.copy_(src.unflatten(-1, (groups, cg)).permute(3, 0, 1, 2, 4))
+        for rows, out_cols in _uncovered(w, hw_out):
+            dst[:, rows, out_cols, w.index].zero_()
+        if not w.empty():
+            dst[:, w.out_rows, w.out_cols, w.index].copy_(src[:, w.in_rows, w.in_cols])
     return cols
 
 
 def _tapped_weight(weight: torch.Tensor, taps: torch.Tensor, groups: int) -> torch.Tensor:
     """``[groups, n*Cg, Og]`` with rows ordered (tap, input channel), matching ``cols``."""
     c_out, cg = weight.shape[:2]
-    wt = weight.flatten(2).index_select(2, taps)  # [C_out, Cg, n]
-    return wt.view(groups, c_out // groups, cg, -1).permute(0, 3, 2, 1).reshape(groups, -1, c_out // groups)
+    wt = weight.flatten(2).permute(2, 1, 0).index_select(0, taps)  # [n, Cg, C_out]
+    return wt.view(-1, cg, groups, c_out // groups).permute(2, 0, 1, 3).reshape(groups, -1, c_out // groups)
 
 
-def _to_format(t_nhwc: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
-    """A ``[B, H, W, C]`` tensor as ``[B, C, H, W]`` in the requested memory format."""
-    return t_nhwc.permute(0, 3, 1, 2).contiguous(memory_format=fmt)  # a no-op when already there
+def _untapped_weight_grad(gwt: torch.Tensor, weight_shape: Sequence[int], taps: torch.Tensor) -> torch.Tensor:
+    """``[groups, n*Cg, Og]`` (rows as ``_tapped_weight``) -> ``[C_out, Cg, k, k]``, zero off the taps."""
+    c_out, cg, k, _ = weight_shape
+    groups, n = gwt.shape[0], taps.numel()
+    grad_weight = gwt.new_zeros(weight_shape)
+    per_tap = gwt.view(groups, n, cg, -1).permute(0, 3, 2, 1).reshape(c_out, cg, n)
+    grad_weight.view(c_out, cg, k * k).index_copy_(2, taps, per_tap)
+    return grad_weight
 
 
-def _gather_cols_nchw(x: torch.Tensor, windows: list[TapWindow], partial: bool, groups: int, hw_out):
-    """NCHW-side gather: ``cols[b, g, t, c, i, j]`` = channel ``g*Cg + c`` under tap t at output (i, j).
-
-    Zero where the tap falls in the padding.
-    """
-    b, c = x.shape[0], x.shape[1]
-    alloc = torch.zeros if partial else torch.empty
-    cols = alloc((b, groups, len(windows), c // groups, *hw_out), dtype=x.dtype, device=x.device)
-    for w in windows:
-        if not w.empty():
-            dst = cols[:, :, w.index, :, w.out_rows, w.out_cols]
-            dst.copy_(x[:, :, w.in_rows, w.in_cols].unflatten(1, (groups, -1)))
-    return cols
+def _group_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a [g, M, K] @ b [g, K, N]``: a plain GEMM when g == 1, which BLAS runs on the whole M at once."""
+    return torch.mm(a[0], b[0]).unsqueeze(0) if a.shape[0] == 1 else torch.bmm(a, b)
 
 
 def _batched(weight_groups: torch.Tensor, batch: int) -> torch.Tensor:
@@ -150,14 +188,47 @@ def _batched(weight_groups: torch.Tensor, batch: int) -> torch.Tensor:
     )
 
 
+def _grad_out_groups(grad_out: torch.Tensor, groups: int) -> torch.Tensor:
+    """``grad_out`` as ``[groups, M, Og]`` (a view when channels_last and groups == 1)."""
+    b, c_out, ho, wo = grad_out.shape
+    gl = grad_out.permute(0, 2, 3, 1)
+    if groups == 1:
+        return gl.reshape(1, b * ho * wo, c_out)
+    return gl.unflatten(-1, (groups, -1)).permute(3, 0, 1, 2, 4).reshape(groups, b * ho * wo, c_out // groups)
+
+
+def keeps_cols(x_shape: Sequence[int], weight_shape: Sequence[int], n: int, hw_out, groups: int) -> bool:
+    """Whether ``dcs_forward_keeping_cols`` returns the gathered cols (see ``KEEP_COLS_MAX_INPUTS``)."""
+    h, w = x_shape[-2:]
+    fits = n * hw_out[0] * hw_out[1] <= KEEP_COLS_MAX_INPUTS * h * w
+    return fits and not _is_depthwise(weight_shape, groups)
+
+
 def dcs_forward(x, weight, bias, taps, stride, padding: Pads, dilation, groups: int) -> torch.Tensor:
     """Output ``[B, C_out, H_out, W_out]`` in the memory format of ``x``."""
+    return _forward(x, weight, bias, taps, stride, padding, dilation, groups)[0]
+
+
+def dcs_forward_keeping_cols(
+    x, weight, bias, taps, stride, padding: Pads, dilation, groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dcs_forward``'s output and, flattened, the cols it gathered, for ``dcs_grad_weight(cols=...)``.
+
+    The cols are ``[B*H_out*W_out*n*C_in]`` (the input's dtype) when ``keeps_cols``, else empty.
+    """
+    out, cols = _forward(x, weight, bias, taps, stride, padding, dilation, groups)
+    keep = cols is not None and keeps_cols(x.shape, weight.shape, taps.numel(), out.shape[-2:], groups)
+    return out, cols.view(-1) if keep else x.new_empty(0)
+
+
+def _forward(x, weight, bias, taps, stride, padding: Pads, dilation, groups: int):
+    """The output and the gathered cols (None for depthwise layers, which gather none)."""
     b, _, h, w = x.shape
     c_out, _, k, _ = weight.shape
     hw_out = output_hw(h, w, k, stride, padding, dilation)
-    windows, partial = tap_windows(taps.tolist(), k, (h, w), hw_out, stride, padding, dilation)
-    fmt = _memory_format(x)
+    windows, _ = tap_windows(taps.tolist(), k, (h, w), hw_out, stride, padding, dilation)
     if _is_depthwise(weight.shape, groups):
+        fmt = _memory_format(x)
         out = torch.empty((b, c_out, *hw_out), dtype=x.dtype, device=x.device, memory_format=fmt).zero_()
         wt = weight.flatten(1).index_select(1, taps)  # [C, n]
         for win in windows:
@@ -165,34 +236,26 @@ def dcs_forward(x, weight, bias, taps, stride, padding: Pads, dilation, groups: 
                 out[:, :, win.out_rows, win.out_cols].addcmul_(
                     x[:, :, win.in_rows, win.in_cols], wt[:, win.index].view(1, -1, 1, 1)
                 )
-        return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
+        return (out if bias is None else out.add_(bias.view(1, -1, 1, 1))), None
     wt = _tapped_weight(weight, taps, groups)  # [g, n*Cg, Og]
-    if fmt == torch.contiguous_format:
-        # Per image and group: out[Og, HW] = W_taps^T [Og, n*Cg] @ cols [n*Cg, HW]; lands in NCHW.
-        cols = _gather_cols_nchw(x, windows, partial, groups, hw_out).view(
-            b * groups, -1, hw_out[0] * hw_out[1]
-        )
-        out = torch.bmm(_batched(wt.transpose(1, 2), b), cols).view(b, c_out, *hw_out)
-        return out if bias is None else out.add_(bias.view(1, -1, 1, 1))
-    # channels_last: one GEMM per group over all B*H_out*W_out rows; lands in NHWC.
-    m = b * hw_out[0] * hw_out[1]
-    cols = _gather_cols(x, windows, partial, groups, hw_out).view(groups, m, -1)
-    if groups == 1:
-        out = cols[0] @ wt[0] if bias is None else torch.addmm(bias, cols[0], wt[0])
-        return _to_format(out.view(b, *hw_out, c_out), fmt)
-    out = torch.bmm(cols, wt)  # [g, M, Og]
-    if bias is not None:
-        out += bias.view(groups, 1, -1)
-    return _to_format(out.view(groups, b, *hw_out, -1).permute(1, 2, 3, 0, 4).reshape(b, *hw_out, c_out), fmt)
-
-
-def _grad_out_groups(grad_out: torch.Tensor, groups: int) -> torch.Tensor:
-    """``grad_out`` as ``[groups, M, Og]`` (a view when channels_last and groups == 1)."""
-    b, c_out, ho, wo = grad_out.shape
-    gl = grad_out.permute(0, 2, 3, 1)
-    if groups == 1:
-        return gl.reshape(1, b * ho * wo, c_out)
-    return gl.unflatten(-1, (groups, -1)).permute(3, 0, 1, 2, 4).reshape(groups, b * ho * wo, -1)
+    ho, wo = hw_out
+    kg = wt.shape[1]  # n*Cg, the GEMMs' reduction
+    if _memory_format(x) == torch.channels_last:
+        # One GEMM per group over all M = B*H_out*W_out rows; [M, C_out] is the channels_last output.
+        cols = _gather_cols(x, windows, groups, hw_out, group_major=True).view(groups, b * ho * wo, kg)
+        if groups == 1:
+            out = torch.mm(cols[0], wt[0]) if bias is None else torch.addmm(bias, cols[0], wt[0])
+            return out.view(b, ho, wo, c_out).permute(0, 3, 1, 2), cols
+        out = torch.bmm(cols, wt)  # [g, M, Og]
+        if bias is not None:
+            out += bias.view(groups, 1, -1)
+        out = out.view(groups, b, ho, wo, c_out // groups).permute(1, 2, 3, 0, 4).reshape(b, ho, wo, c_out)
+        # contiguous() copies only when a size of 1 made reshape return odd strides
+        return out.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last), cols
+    # Per image and group out[Og, HW] = W_taps^T [Og, n*Cg] @ cols^T [n*Cg, HW]: lands in NCHW.
+    cols = _gather_cols(x, windows, groups, hw_out, group_major=False).view(b * groups, ho * wo, kg)
+    out = torch.bmm(_batched(wt.transpose(1, 2), b), cols.transpose(1, 2)).view(b, c_out, ho, wo)
+    return (out if bias is None else out.add_(bias.view(1, -1, 1, 1))), cols
 
 
 def dcs_grad_input(grad_out, x_shape, x_format, weight, taps, stride, padding: Pads, dilation, groups: int):
@@ -201,10 +264,8 @@ def dcs_grad_input(grad_out, x_shape, x_format, weight, taps, stride, padding: P
     k = weight.shape[-1]
     hw_out = tuple(grad_out.shape[-2:])
     windows, _ = tap_windows(taps.tolist(), k, (h, w), hw_out, stride, padding, dilation)
+    gx = torch.empty(x_shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=x_format).zero_()
     if _is_depthwise(weight.shape, groups):
-        gx = torch.empty(
-            x_shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=x_format
-        ).zero_()
         wt = weight.flatten(1).index_select(1, taps)
         for win in windows:
             if not win.empty():
@@ -213,55 +274,57 @@ def dcs_grad_input(grad_out, x_shape, x_format, weight, taps, stride, padding: P
                 )
         return gx
     wt = _tapped_weight(weight, taps, groups)  # [g, n*Cg, Og]
-    cg, n = c_in // groups, len(windows)
-    if x_format == torch.contiguous_format:
-        go = grad_out.contiguous().view(b * groups, -1, hw_out[0] * hw_out[1])
-        gcols = torch.bmm(_batched(wt, b), go).view(b, groups, n, cg, *hw_out)
-        gx = torch.zeros(x_shape, dtype=grad_out.dtype, device=grad_out.device)
-        gxg = gx.view(b, groups, cg, h, w)
+    n, cg = len(windows), c_in // groups
+    if x_format == torch.channels_last:
+        gcols = _group_matmul(_grad_out_groups(grad_out, groups), wt.transpose(1, 2))  # [g, M, n*Cg]
+        gcols = _by_position(gcols.view(groups, b, *hw_out, n, cg), True)  # [B, H_out, W_out, n, g, Cg]
+        gxg = gx.permute(0, 2, 3, 1).unflatten(-1, (groups, cg))  # [B, H, W, g, Cg]
         for win in windows:
             if not win.empty():
-                gxg[:, :, :, win.in_rows, win.in_cols].add_(
-                    gcols[:, :, win.index, :, win.out_rows, win.out_cols]
-                )
+                gxg[:, win.in_rows, win.in_cols].add_(gcols[:, win.out_rows, win.out_cols, win.index])
         return gx
-    gcols = torch.bmm(_grad_out_groups(grad_out, groups), wt.transpose(1, 2))  # [g, M, n*Cg]
-    gcols = gcols.view(groups, b, *hw_out, n, cg)
-    gx = torch.zeros((b, h, w, c_in), dtype=grad_out.dtype, device=grad_out.device)
-    gxg = gx.view(b, h, w, groups, cg)
+    # Per image and group grad_cols[n*Cg, HW] = W_taps [n*Cg, Og] @ grad_out [Og, HW]: NCHW order, so
+    # the adds below run along rows of both (measured 1.1x-1.3x faster than channels-innermost here).
+    go = grad_out.reshape(b * groups, weight.shape[0] // groups, hw_out[0] * hw_out[1])
+    gcols = torch.bmm(_batched(wt, b), go).view(b, groups, n, cg, *hw_out)
+    gxg = gx.view(b, groups, cg, h, w)
     for win in windows:
         if not win.empty():
-            src = gcols[:, :, win.out_rows, win.out_cols, win.index, :].permute(1, 2, 3, 0, 4)
-            gxg[:, win.in_rows, win.in_cols].add_(src)
-    return _to_format(gx, x_format)
+            gxg[:, :, :, win.in_rows, win.in_cols].add_(gcols[:, :, win.index, :, win.out_rows, win.out_cols])
+    return gx
 
 
-def dcs_grad_weight(grad_out, x, weight_shape, taps, stride, padding: Pads, dilation, groups: int):
-    """Gradient of the full weight ``[C_out, C_in/groups, k, k]``; zero off the taps."""
-    c_out, cg, k, _ = weight_shape
+def dcs_grad_weight(
+    grad_out, x, weight_shape, taps, stride, padding: Pads, dilation, groups: int, cols=None
+) -> torch.Tensor:
+    """Gradient of the full weight ``[C_out, C_in/groups, k, k]``; zero off the taps.
+
+    ``cols``: what ``dcs_forward_keeping_cols`` returned for this ``x``; gathered again when empty.
+    """
+    c_out, _, k, _ = weight_shape
     b, _, h, w = x.shape
     hw_out = tuple(grad_out.shape[-2:])
-    windows, partial = tap_windows(taps.tolist(), k, (h, w), hw_out, stride, padding, dilation)
-    n = len(windows)
-    grad_weight = torch.zeros(weight_shape, dtype=grad_out.dtype, device=grad_out.device)
-    gw = grad_weight.view(c_out, cg, k * k)  # tap-indexed view of the result
+    windows, _ = tap_windows(taps.tolist(), k, (h, w), hw_out, stride, padding, dilation)
     if _is_depthwise(weight_shape, groups):
+        grad_weight = grad_out.new_zeros(weight_shape)
+        gw = grad_weight.view(c_out, 1, k * k)
         for win in windows:
             if not win.empty():
                 prod = grad_out[:, :, win.out_rows, win.out_cols] * x[:, :, win.in_rows, win.in_cols]
                 gw[:, 0, taps[win.index]] = prod.sum((0, 2, 3))
         return grad_weight
-    if _memory_format(x) == torch.contiguous_format:
-        # Per image and group [Og, HW] @ [HW, n*Cg], summed over the batch.
-        cols = _gather_cols_nchw(x, windows, partial, groups, hw_out).view(
-            b * groups, -1, hw_out[0] * hw_out[1]
-        )
-        go = grad_out.contiguous().view(b * groups, -1, hw_out[0] * hw_out[1])
-        gwt = torch.bmm(go, cols.transpose(1, 2)).view(b, groups, -1, n * cg).sum(0)  # [g, Og, n*Cg]
-        gwt = gwt.view(groups, -1, n, cg).permute(0, 1, 3, 2).reshape(c_out, cg, n)
+    ho, wo = hw_out
+    kg = taps.numel() * weight_shape[1]  # n*Cg
+    group_major = _memory_format(x) == torch.channels_last
+    if cols is None or cols.numel() == 0:
+        cols = _gather_cols(x, windows, groups, hw_out, group_major)
+    if group_major:
+        # One GEMM per group, K = every output position of the batch.
+        cols = cols.view(groups, b * ho * wo, kg)
+        gwt = _group_matmul(cols.transpose(1, 2), _grad_out_groups(grad_out, groups))  # [g, n*Cg, Og]
     else:
-        cols = _gather_cols(x, windows, partial, groups, hw_out).view(groups, b * hw_out[0] * hw_out[1], -1)
-        gwt = torch.bmm(cols.transpose(1, 2), _grad_out_groups(grad_out, groups))  # [g, n*Cg, Og]
-        gwt = gwt.view(groups, n, cg, -1).permute(0, 3, 2, 1).reshape(c_out, cg, n)
-    gw.index_copy_(2, taps, gwt)
-    return grad_weight
+        # Per image and group [Og, HW] @ [HW, n*Cg], summed over the batch.
+        cols = cols.view(b * groups, ho * wo, kg)
+        go = grad_out.reshape(b * groups, c_out // groups, ho * wo)
+        gwt = torch.bmm(go, cols).view(b, groups, c_out // groups, kg).sum(0).transpose(1, 2)
+    return _untapped_weight_grad(gwt, weight_shape, taps)

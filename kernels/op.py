@@ -3,9 +3,14 @@
 Three ops, so ``torch.compile`` and ``torch.export`` see one node per step and each backend can
 supply its own kernel for each:
 
-- ``dcspass::dcs_conv2d(x, weight, bias, taps, stride, padding, dilation, groups)``
+- ``dcspass::dcs_conv2d(x, weight, bias, taps, stride, padding, dilation, groups) -> (out, cols)``
 - ``dcspass::dcs_conv2d_grad_input(grad_out, x_size, channels_last, weight, taps, ...)``
-- ``dcspass::dcs_conv2d_grad_weight(grad_out, x, weight_size, taps, ...)``
+- ``dcspass::dcs_conv2d_grad_weight(grad_out, x, weight_size, taps, ..., cols=None)``
+
+``cols`` is what the forward gathered (the n tapped windows of ``x``, flattened) when the PyTorch
+backend ran it and ``kernels.cpu.keeps_cols`` says it is small enough to keep, else an empty tensor:
+autograd saves it so the weight gradient need not gather ``x`` again. ``op.conv2d`` returns ``out``
+alone.
 
 ``padding`` is ``[left, right, top, bottom]``; ``weight`` is the full ``[C_out, C_in/groups, k, k]``
 kernel and ``taps`` a LongTensor ``[n]`` of positions in it. Inputs are trusted: validation lives in
@@ -24,7 +29,7 @@ from torch import Tensor
 
 from . import cpu
 
-__all__ = ["dcs_conv2d", "dcs_conv2d_grad_input", "dcs_conv2d_grad_weight", "register_backend"]
+__all__ = ["conv2d", "dcs_conv2d", "dcs_conv2d_grad_input", "dcs_conv2d_grad_weight", "register_backend"]
 
 # (predicate, backend) pairs, tried in order; the first predicate that accepts the call wins.
 _BACKENDS: list[tuple[Callable[..., bool], ModuleType]] = []
@@ -61,20 +66,31 @@ def dcs_conv2d(
     padding: list[int],
     dilation: list[int],
     groups: int,
-) -> Tensor:
-    out = _backend(x, weight, groups).dcs_forward(
-        x, weight, bias, taps, tuple(stride), tuple(padding), tuple(dilation), groups
-    )
+) -> tuple[Tensor, Tensor]:
+    args = (x, weight, bias, taps, tuple(stride), tuple(padding), tuple(dilation), groups)
+    backend = _backend(x, weight, groups)
+    if backend is cpu:
+        out, cols = cpu.dcs_forward_keeping_cols(*args)
+    else:
+        out, cols = backend.dcs_forward(*args), x.new_empty(0)
     # A view of a backend's buffer makes autograd refuse in-place ops on the output (conv followed
     # by ReLU(inplace=True), as in VGG); detach() drops the view relation without copying.
-    return out.detach() if out._is_view() else out
+    return (out.detach() if out._is_view() else out), cols
 
 
 @dcs_conv2d.register_fake
 def _(x, weight, bias, taps, stride, padding, dilation, groups):
-    b, _, h, w = x.shape
-    h_out, w_out = cpu.output_hw(h, w, weight.shape[-1], stride, padding, dilation)
-    return _empty_nchw((b, weight.shape[0], h_out, w_out), x, _channels_last(x))
+    b, c_in, h, w = x.shape
+    hw_out = cpu.output_hw(h, w, weight.shape[-1], stride, padding, dilation)
+    n = taps.shape[0]
+    keep = _backend(x, weight, groups) is cpu and cpu.keeps_cols(x.shape, weight.shape, n, hw_out, groups)
+    cols = x.new_empty(b * hw_out[0] * hw_out[1] * n * c_in if keep else 0)
+    return _empty_nchw((b, weight.shape[0], *hw_out), x, _channels_last(x)), cols
+
+
+def conv2d(x, weight, bias, taps, stride, padding, dilation, groups: int) -> Tensor:
+    """``dcspass::dcs_conv2d``'s output alone: what callers of the op want."""
+    return dcs_conv2d(x, weight, bias, taps, stride, padding, dilation, groups)[0]
 
 
 @torch.library.custom_op("dcspass::dcs_conv2d_grad_input", mutates_args=())
@@ -110,36 +126,42 @@ def dcs_conv2d_grad_weight(
     padding: list[int],
     dilation: list[int],
     groups: int,
+    cols: Tensor | None = None,
 ) -> Tensor:
     weight_meta = torch.empty(weight_size, device="meta", dtype=x.dtype)
-    return _backend(x, weight_meta, groups).dcs_grad_weight(
-        grad_out, x, tuple(weight_size), taps, tuple(stride), tuple(padding), tuple(dilation), groups
-    )
+    args = (grad_out, x, tuple(weight_size), taps, tuple(stride), tuple(padding), tuple(dilation), groups)
+    backend = _backend(x, weight_meta, groups)
+    return cpu.dcs_grad_weight(*args, cols=cols) if backend is cpu else backend.dcs_grad_weight(*args)
 
 
 @dcs_conv2d_grad_weight.register_fake
-def _(grad_out, x, weight_size, taps, stride, padding, dilation, groups):
+def _(grad_out, x, weight_size, taps, stride, padding, dilation, groups, cols=None):
     return grad_out.new_empty(weight_size)
 
 
 def _setup_context(ctx, inputs, output):
     x, weight, bias, taps, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(x, weight, taps)
+    cols = output[1]
+    ctx.mark_non_differentiable(cols)
+    ctx.set_materialize_grads(False)  # else backward gets a zero-filled gradient as large as cols
+    ctx.save_for_backward(x, weight, taps, cols)
     ctx.conv = (stride, padding, dilation, groups)
     ctx.has_bias = bias is not None
 
 
-def _backward(ctx, grad_out):
-    x, weight, taps = ctx.saved_tensors
+def _backward(ctx, grad_out, _grad_cols):
+    x, weight, taps, cols = ctx.saved_tensors
     stride, padding, dilation, groups = ctx.conv
     grad_x = grad_w = grad_b = None
+    if grad_out is None:  # grads are not materialised (see _setup_context)
+        return grad_x, grad_w, grad_b, None, None, None, None, None
     if ctx.needs_input_grad[0]:
         grad_x = dcs_conv2d_grad_input(
             grad_out, list(x.shape), _channels_last(x), weight, taps, stride, padding, dilation, groups
         )
     if ctx.needs_input_grad[1]:
         grad_w = dcs_conv2d_grad_weight(
-            grad_out, x, list(weight.shape), taps, stride, padding, dilation, groups
+            grad_out, x, list(weight.shape), taps, stride, padding, dilation, groups, cols
         )
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_b = grad_out.sum((0, 2, 3))

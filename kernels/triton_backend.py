@@ -192,7 +192,9 @@ def _grad_input_qualifies(grad_out, x_size, channels_last, weight, taps, stride,
     )
 
 
-def _grad_weight_qualifies(grad_out, x, weight_size, taps, stride, padding, dilation, groups) -> bool:
+def _grad_weight_qualifies(
+    grad_out, x, weight_size, taps, stride, padding, dilation, groups, cols=None
+) -> bool:
     # As kernels.op does for this op: there is no weight tensor, so x stands in for its dtype; the
     # launcher's supports() then checks grad_out's dtype against x's.
     return _traceable(x, x, groups) and triton_grad_weight.supports(grad_out, x)
@@ -215,6 +217,15 @@ def _decompose_into(triton_version, qualifies):
     return rule
 
 
+def _forward_keeping_no_cols(x, weight, bias, taps, stride, padding, dilation, groups):
+    """The public forward's ``(out, cols)``: the kernels gather nothing to keep, so ``cols`` is empty."""
+    return dcs_conv2d_triton(x, weight, bias, taps, stride, padding, dilation, groups), x.new_empty(0)
+
+
+def _grad_weight_ignoring_cols(grad_out, x, weight_size, taps, stride, padding, dilation, groups, cols=None):
+    return dcs_conv2d_grad_weight_triton(grad_out, x, weight_size, taps, stride, padding, dilation, groups)
+
+
 _registered = False
 
 
@@ -226,8 +237,8 @@ def register() -> None:
     _registered = True
     op.register_backend(accepts, sys.modules[__name__])
     for public, triton_version, qualifies in (
-        (op.dcs_conv2d, dcs_conv2d_triton, _forward_qualifies),
+        (op.dcs_conv2d, _forward_keeping_no_cols, _forward_qualifies),
         (op.dcs_conv2d_grad_input, dcs_conv2d_grad_input_triton, _grad_input_qualifies),
-        (op.dcs_conv2d_grad_weight, dcs_conv2d_grad_weight_triton, _grad_weight_qualifies),
+        (op.dcs_conv2d_grad_weight, _grad_weight_ignoring_cols, _grad_weight_qualifies),
     ):
         public.register_torch_dispatch(FunctionalTensorMode, _decompose_into(triton_version, qualifies))

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import dcspass
 from dcspass import ConfigError, TapError, dcs_conv2d
+from kernels import cpu
 
 from ._reference import masked_conv2d
 
@@ -155,15 +156,65 @@ def test_gradcheck_float64():
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("groups", [1, 2, 4])
-def test_opcheck(channels_last, groups):
+@pytest.mark.parametrize(("stride", "taps"), [([2, 2], [2, 13]), ([1, 1], [0, 6, 12, 24])])
+def test_opcheck(channels_last, groups, stride, taps):
+    """Both forward variants: cols kept for backward (stride 2, n=2) and gathered again (stride 1, n=4)."""
     x = torch.randn(2, 4, 9, 8)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     w = torch.randn(8, 4 // groups, 5, 5, requires_grad=True)
     b = torch.randn(8, requires_grad=True)
-    taps = torch.tensor([2, 13])
-    args = (x.requires_grad_(), w, b, taps, [2, 2], [2, 2, 1, 2], [1, 1], groups)
+    args = (x.requires_grad_(), w, b, torch.tensor(taps), stride, [2, 2, 1, 2], [1, 1], groups)
     torch.library.opcheck(torch.ops.dcspass.dcs_conv2d.default, args)
+
+
+@pytest.mark.parametrize(
+    ("stride", "n", "groups", "kept"),
+    [(2, 2, 1, True), (2, 8, 2, True), (1, 2, 1, True), (1, 3, 1, False), (2, 2, 4, False)],
+)
+def test_forward_keeps_cols_only_while_at_most_twice_the_input(stride, n, groups, kept):
+    """8x8 input, k=5, padding 2: cols are n*H_out*W_out/(H*W) inputs; depthwise (groups=4) gathers none."""
+    x = torch.randn(2, 4, 8, 8)
+    w = torch.randn(4, 4 // groups, 5, 5)
+    out, cols = torch.ops.dcspass.dcs_conv2d(
+        x, w, None, torch.arange(n), [stride] * 2, [2] * 4, [1, 1], groups
+    )
+    assert cols.numel() == (out.shape[0] * out.shape[2] * out.shape[3] * n * 4 if kept else 0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_grad_weight_from_kept_cols_equals_a_fresh_gather(channels_last, groups):
+    x = torch.randn(3, 4, 9, 7, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    w = torch.randn(6, 4 // groups, 5, 5, dtype=torch.float64, requires_grad=True)
+    taps = torch.tensor([0, 12, 19])
+    geometry = ((2, 1), (2, 1, 0, 2), (1, 2), groups)
+    out, cols = cpu.dcs_forward_keeping_cols(x, w, None, taps, *geometry)
+    assert cols.numel() > 0
+    grad_out = torch.randn_like(out)
+    kept = cpu.dcs_grad_weight(grad_out, x, tuple(w.shape), taps, *geometry, cols=cols)
+    fresh = cpu.dcs_grad_weight(grad_out, x, tuple(w.shape), taps, *geometry)
+    (want,) = torch.autograd.grad(
+        masked_conv2d(x, w, None, taps, (2, 1), (2, 1, 0, 2), (1, 2), groups), w, grad_out
+    )
+    torch.testing.assert_close(kept, want)
+    torch.testing.assert_close(fresh, want)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_empty_batch(channels_last, groups):
+    x = torch.randn(0, 4, 8, 8)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.randn(4, 4 // groups, 5, 5, requires_grad=True)
+    out = dcs_conv2d(x, w, None, torch.tensor([1, 7]), 2, 2, 1, groups)
+    assert out.shape == (0, 4, 4, 4)
+    gx, gw = torch.autograd.grad(out.sum(), (x, w))
+    assert gx.shape == x.shape and not gw.any()
 
 
 # --- errors: our types, messages that name the problem -------------------------------------------

@@ -286,7 +286,7 @@ def test_triton_ops_match_the_public_ops():
     x, w, b, taps = _tensors(CASE)
     geo = [list(CASE["stride"]), list(CASE["padding"]), list(CASE["dilation"]), CASE["groups"]]
     out = torch.ops.dcspass.dcs_conv2d_triton(x, w, b, taps, *geo)
-    torch.testing.assert_close(out, op.dcs_conv2d(x, w, b, taps, *geo), **FP32)
+    torch.testing.assert_close(out, op.conv2d(x, w, b, taps, *geo), **FP32)
     gx = torch.ops.dcspass.dcs_conv2d_grad_input_triton(out, list(x.shape), True, w, taps, *geo)
     torch.testing.assert_close(gx, op.dcs_conv2d_grad_input(out, list(x.shape), True, w, taps, *geo), **FP32)
     gw = torch.ops.dcspass.dcs_conv2d_grad_weight_triton(out, x, list(w.shape), taps, *geo)
