@@ -287,15 +287,15 @@ def evaluate_pair(
 
     Always: clean and PGD-20 accuracy under the paper protocol (attack with frozen taps, prediction on
     fresh draws) on the first ``QUICK_EXAMPLES[budget]`` test images, expected over the budget's K
-    scoring draws, the same numbers for both networks. With ``full`` and ``dcspass.evaluate`` available:
-    its report (paper and adaptive protocols, the DCS network's transfer attack from the baseline), saved
-    under ``OUT/eval_{at,dcs}/``, with ``subjects[key]`` (model, checkpoint, dataset) in its headings and
-    plot titles and ``records[key]`` (its provenance) in the report's config.
+    (``all_correct_k``) draws, the same numbers for both networks. With ``full`` and ``dcspass.evaluate``
+    available: its report (paper and adaptive protocols, the DCS network's transfer attack from the
+    baseline), saved under ``OUT/eval_{at,dcs}/``, with ``subjects[key]`` (model, checkpoint, dataset) in
+    its headings and plot titles and ``records[key]`` (its provenance) in the report's config.
     """
     count = min(QUICK_EXAMPLES[budget], len(test_set))
     loader = DataLoader(Subset(test_set, range(count)), batch_size=128)
     results: dict[str, Any] = {"quick": {}, "evaluate": None}
-    draws = get_budget(budget).score_draws
+    draws = get_budget(budget).all_correct_k
     for key, model in (("at", baseline), ("dcs", dcs)):
         torch.manual_seed(seed)
         start = time.perf_counter()
@@ -457,7 +457,7 @@ def _write_markdown(path: Path, payload: dict[str, Any]) -> None:
             "",
             f"Budget {summary['budget']}, the first {summary['examples']} test images. Accuracy in % "
             "with its 95 % interval over images; the difference is paired over the same images. "
-            "The table above differs: it is the training log's measure (one draw per batch of 128 predicts, "
+            "The table above differs: it is the training log's measure (fresh draws per chunk of 16 images, "
             f"first {quick['at']['examples']} images).",
             "",
             *headline_markdown(summary),

@@ -89,8 +89,8 @@ class TinyDCS(nn.Module):
 TINY_BUDGET = Budget(
     name="progress-test", examples=8, batch_size=4, repeats=1, pgd_steps=1, cw_steps=1, mifgsm_steps=1,
     deepfool_steps=1, eotpgd_steps=1, eotpgd_samples=1, autoattack="apgd", apgdt_targets=1,
-    apgd_steps=1, eot_steps=1, eot_samples=1, apgd_eot=1, exact_steps=1, exact_examples=2, known_steps=1,
-    square_queries=5, square_eot=1, score_draws=2, select_draws=0, transfer_steps=1, reference_steps=1,
+    apgd_steps=1, eot_steps=1, eot_samples=1, apgd_eot=1, exact_steps=1, known_steps=1,
+    square_queries=5, square_eot=1, sample_draws=2, all_correct_k=2, transfer_steps=1, reference_steps=1,
     reference_targets=1, reference_square_queries=5, reference_eot=1,
 )  # fmt: skip
 

@@ -179,6 +179,9 @@ def test_seeds_run_each_seed_and_report_mean_and_std(tmp_path):
     assert "| DCS + GSAT: clean (quick table) |" in (tmp_path / "results.md").read_text()
     with pytest.raises(dcspass.ConfigError, match="--seeds must be >= 1"):
         common.run(paper_rn18.SPEC, ["--seeds", "0"])
+
+
+@needs_fmnist
 def test_overwrite_replaces_the_old_run_and_quiet_prints_only_the_final_summary(tmp_path, capsys):
     (tmp_path / "results.json").write_text('{"old": true}\n')
     (tmp_path / "dcs_clean.pt").write_text("a checkpoint of the old run\n")
@@ -190,5 +193,5 @@ def test_overwrite_replaces_the_old_run_and_quiet_prints_only_the_final_summary(
     assert captured.err == ""
     lines = captured.out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("[paper_rn18] PGD-AT: clean ")
-    draws = dcspass.evaluation.get_budget("smoke").score_draws
+    draws = dcspass.evaluation.get_budget("smoke").all_correct_k
     assert f"64 test images, expected accuracy over {draws} draws of taps" in lines[0]
