@@ -16,6 +16,7 @@ from .errors import (
     DataError,
     DCSError,
     EvaluationError,
+    ModelError,
     PolicyError,
     TapError,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "DCSError",
     "DataError",
     "EvaluationError",
+    "ModelError",
     "Plan",
     "PolicyError",
     "Report",

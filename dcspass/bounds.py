@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .errors import BoundError, ConfigError
+from .validation import positive_int
 
 __all__ = ["DEFAULT_EPS_C", "DEFAULT_EPS_L", "admissible", "check", "effective_stride", "interval"]
 
@@ -31,9 +32,8 @@ def interval(
     The interval is empty (``lower > upper``) when no n is admissible, e.g. every stride-1 layer
     under the defaults. ``interval(2, 5) == (0.225, 2.0)``.
     """
-    for name, value in (("stride", stride), ("k", k)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    positive_int(stride, "stride")
+    positive_int(k, "k")
     if not eps_c > 0 or not eps_l > 0:
         raise ConfigError(f"eps_c and eps_l must be positive, got eps_c={eps_c!r}, eps_l={eps_l!r}")
     s = stride

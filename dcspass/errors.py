@@ -14,6 +14,7 @@ __all__ = [
     "DCSError",
     "DataError",
     "EvaluationError",
+    "ModelError",
     "PolicyError",
     "TapError",
 ]
@@ -29,6 +30,10 @@ class TapError(DCSError, ValueError):
 
 class ConfigError(DCSError, ValueError):
     """A bad argument to a layer, op or recipe (n, kernel size, padding, flags...)."""
+
+
+class ModelError(DCSError, TypeError):
+    """Something that is not an ``nn.Module`` where a model is expected (a function, a state dict, ...)."""
 
 
 class PolicyError(DCSError, ValueError):

@@ -18,7 +18,7 @@ from kernels.cpu import output_hw
 from .errors import ConfigError
 from .sampling import validate_taps
 
-__all__ = ["dcs_conv2d", "normalize_padding", "pair"]
+__all__ = ["dcs_conv2d", "normalize_padding", "pair", "same_padding"]
 
 
 def pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -50,6 +50,16 @@ def normalize_padding(padding: int | Sequence[int]) -> tuple[int, int, int, int]
     if not all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in pads):
         raise ConfigError(f"padding must be non-negative ints, got {padding!r}")
     return tuple(int(p) for p in pads)  # type: ignore[return-value]
+
+
+def same_padding(kernel_size: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int, int, int]:
+    """PyTorch's stride-1 ``"same"`` padding as ``(left, right, top, bottom)``.
+
+    The total per axis is ``dilation * (kernel - 1)``; the odd pixel of an odd total goes right/bottom.
+    """
+    total_h = dilation[0] * (kernel_size[0] - 1)
+    total_w = dilation[1] * (kernel_size[1] - 1)
+    return (total_w // 2, total_w - total_w // 2, total_h // 2, total_h - total_h // 2)
 
 
 def dcs_conv2d(

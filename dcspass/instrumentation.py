@@ -9,7 +9,7 @@ and the graph starts by clearing ``captured_taps``. The instrumented model share
 every other module and parameter) with ``model``, under the same qualified names, so
 ``frozen_taps`` / ``excluding_taps`` / ``using_taps`` work on either, and training one trains both.
 
-A model torch.fx cannot trace (one ``transform`` had to module-swap) is instrumented with hooks
+A model torch.fx cannot trace (one ``transform`` warned about) is instrumented with hooks
 instead, with a warning: a copy of its module tree that shares every leaf module and parameter, whose
 forward freezes each DCS layer's draw for the duration of the layer's call and records it.
 """
@@ -26,7 +26,8 @@ from torch import nn
 from .errors import ConfigError
 from .layers import DCSConv2d
 from .sampling import dcs_layers
-from .transform import trace
+from .tracing import trace
+from .validation import check_model
 
 __all__ = ["instrument"]
 
@@ -36,12 +37,14 @@ def instrument(model: nn.Module) -> nn.Module:
 
     ``captured_taps`` is ``{qualified_name: LongTensor[n]}``, the taps each DCS layer used in the last
     forward (for a layer called several times, its last call). The result is a ``GraphModule`` when
-    torch.fx can trace ``model`` with convs as leaves (any model ``dcspass.transform`` returned a
-    ``GraphModule`` for), else a hook-instrumented copy of the module tree (with a warning).
+    torch.fx can trace ``model`` with convs as leaves (its ``self.training`` branches are those of
+    trace time), else a hook-instrumented copy of the module tree (with a warning).
 
     Raises:
+        ModelError: ``model`` is not an ``nn.Module``.
         ConfigError: the model has no DCS layer.
     """
+    check_model(model, "dcspass.instrument")
     if not list(dcs_layers(model)):
         raise ConfigError(
             f"instrument: {type(model).__name__} has no DCSConv2d layer; transform it first "
@@ -60,7 +63,8 @@ def instrument(model: nn.Module) -> nn.Module:
     graph = gm.graph
     gm.captured_taps = {}
     calls = [
-        node for node in graph.nodes
+        node
+        for node in graph.nodes
         if node.op == "call_module" and isinstance(gm.get_submodule(node.target), DCSConv2d)
     ]
     first = next(iter(graph.nodes))

@@ -12,8 +12,9 @@ from torch import nn
 
 from . import functional
 from .errors import ConfigError
-from .functional import normalize_padding, pair
+from .functional import normalize_padding, pair, same_padding
 from .sampling import sample_taps
+from .validation import check_n, positive_int
 
 __all__ = ["DCSConv2d", "DCSConv2dSame"]
 
@@ -61,11 +62,9 @@ class DCSConv2d(nn.Module):
                 f"DCSConv2d needs a square kernel k x k with k >= 1, got kernel_size={kernel_size!r}"
             )
         k = kh
-        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= k * k:
-            raise ConfigError(f"n must be an int with 1 <= n <= k*k = {k * k}, got n={n!r}")
+        check_n(n, k)
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive int, got {value!r}")
+            positive_int(value, name)
         if in_channels % groups or out_channels % groups:
             raise ConfigError(
                 f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
@@ -82,7 +81,7 @@ class DCSConv2d(nn.Module):
                     f"padding={padding!r}: only 'same' is a valid string, and only with stride 1 "
                     "(as nn.Conv2d); pass explicit padding otherwise"
                 )
-            padding = _same_padding(k, self.dilation)
+            padding = same_padding((k, k), self.dilation)
         self.padding: tuple[int, int, int, int] = normalize_padding(padding)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.n, self.padding_mode = k, n, padding_mode
@@ -161,12 +160,6 @@ class DCSConv2d(nn.Module):
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
         return s
-
-
-def _same_padding(k: int, dilation: tuple[int, int]) -> tuple[int, int, int, int]:
-    """PyTorch's stride-1 'same' padding as (left, right, top, bottom): the odd pixel goes right/bottom."""
-    total_h, total_w = dilation[0] * (k - 1), dilation[1] * (k - 1)
-    return (total_w // 2, total_w - total_w // 2, total_h // 2, total_h - total_h // 2)
 
 
 class DCSConv2dSame(DCSConv2d):

@@ -10,18 +10,30 @@ The command line prints the same table: ``python -m dcspass plan torchvision:res
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
-from torch import nn
+from torch import fx, nn
 
 from . import bounds
 from .errors import ConfigError
-from .policies import PolicySpec
-from .transform import analyse, dcs_kernel_size
+from .policies import ConvSite, PolicySpec
+from .rewrite import dcs_kernel_size
+from .transform import analyse
+from .validation import check_k, check_model, check_n
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = ["Plan", "PlanRow", "plan"]
+
+
+def _digraph(**attrs: Any) -> nx.DiGraph:
+    # networkx loads only when a plan is made, not with ``import dcspass``.
+    import networkx as nx
+
+    return nx.DiGraph(**attrs)
 
 
 @dataclass(frozen=True)
@@ -60,7 +72,7 @@ class Plan:
     eps_l: float
     traced: bool
     trace_error: str = ""
-    graph: nx.DiGraph = field(default_factory=nx.DiGraph, repr=False)
+    graph: nx.DiGraph = field(default_factory=_digraph, repr=False)
 
     @property
     def selected(self) -> list[str]:
@@ -75,16 +87,21 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: the settings, the rows and the graph's edges."""
         return {
-            "policy": self.policy, "n": self.n, "eps_c": self.eps_c, "eps_l": self.eps_l,
-            "traced": self.traced, "trace_error": self.trace_error,
+            "policy": self.policy,
+            "n": self.n,
+            "eps_c": self.eps_c,
+            "eps_l": self.eps_l,
+            "traced": self.traced,
+            "trace_error": self.trace_error,
             "rows": [r.to_dict() for r in self.rows],
             "edges": [list(e) for e in self.graph.edges],
         }
 
     def __str__(self) -> str:
         how = "traced with torch.fx" if self.traced else f"NOT traced ({self.trace_error}); module swap"
-        header = (f"dcspass plan: policy={self.policy}, n={self.n}, eps_c={self.eps_c}, eps_l={self.eps_l} "
-                  f"({how})")
+        header = (
+            f"dcspass plan: policy={self.policy}, n={self.n}, eps_c={self.eps_c}, eps_l={self.eps_l} ({how})"
+        )
         columns = ("index", "name", "kind", "kernel", "stride", "DCS", "k", "Eq.12 interval", "admissible")
         table = [columns]
         for r in self.rows:
@@ -92,19 +109,32 @@ class Plan:
             verdict = ("yes" if r.admissible else "no") if r.admissible is not None else ""
             if not r.convertible:
                 verdict = f"non-convertible: {r.reason}"
-            table.append((
-                str(r.index), r.name, r.kind, f"{r.kernel[0]}x{r.kernel[1]}", _format_pair(r.stride),
-                "DCS" if r.selected else "", "" if r.k is None else str(r.k), interval, verdict,
-            ))
+            table.append(
+                (
+                    str(r.index),
+                    r.name,
+                    r.kind,
+                    f"{r.kernel[0]}x{r.kernel[1]}",
+                    _format_pair(r.stride),
+                    "DCS" if r.selected else "",
+                    "" if r.k is None else str(r.k),
+                    interval,
+                    verdict,
+                )
+            )
         widths = [max(len(row[i]) for row in table) for i in range(len(columns) - 1)]
         lines = [header]
         for row in table:
             cells = [row[0].rjust(widths[0])]
             cells += [c.ljust(w) for c, w in zip(row[1:], widths[1:], strict=False)]
             lines.append("  ".join([*cells, row[-1]]).rstrip())
-        verdict = "every selected layer is admissible" if self.admissible else (
-            "some selected layer is outside its Eq. 12 interval: transform raises BoundError "
-            "unless check_bounds=False"
+        verdict = (
+            "every selected layer is admissible"
+            if self.admissible
+            else (
+                "some selected layer is outside its Eq. 12 interval: transform raises BoundError "
+                "unless check_bounds=False"
+            )
         )
         lines.append(f"{len(self.selected)} of {len(self.rows)} convs selected; {verdict}.")
         return "\n".join(lines)
@@ -116,6 +146,7 @@ class Plan:
         their execution index; the DCS layers are red and named.
         """
         import matplotlib
+        import networkx as nx
 
         if ax is None:
             matplotlib.use("Agg", force=False)
@@ -134,15 +165,18 @@ class Plan:
         else:
             fig = ax.figure
         dcs = set(self.selected)
-        colors = ["tab:red" if v in dcs else ("lightgray" if v in ("input", "output") else "tab:blue")
-                  for v in g.nodes]
+        colors = [
+            "tab:red" if v in dcs else ("lightgray" if v in ("input", "output") else "tab:blue")
+            for v in g.nodes
+        ]
         nx.draw_networkx_edges(g, pos, ax=ax, arrowsize=6, width=0.6, edge_color="gray")
         nx.draw_networkx_nodes(g, pos, ax=ax, node_color=colors, node_size=120)
         index = {r.name: r.index for r in self.rows}
         nx.draw_networkx_labels(g, pos, {v: str(index.get(v, v)) for v in g.nodes}, ax=ax, font_size=5)
         for v in dcs:  # DCS layers are named beside their node, slanted so long names do not collide
-            ax.annotate(v, pos[v], xytext=(4, 6), textcoords="offset points", rotation=30, fontsize=6,
-                        color="tab:red")
+            ax.annotate(
+                v, pos[v], xytext=(4, 6), textcoords="offset points", rotation=30, fontsize=6, color="tab:red"
+            )
         ax.set_title(f"{len(dcs)} DCS layers (red), policy={self.policy}, n={self.n}", fontsize=9)
         ax.set_axis_off()
         if path is not None:
@@ -162,16 +196,19 @@ def plan(
     """What ``transform(model, policy, n, k, eps_c=eps_c, eps_l=eps_l)`` would do, without doing it.
 
     ``model`` is not modified (it is traced, or for an untraceable model run once in eval mode under
-    no_grad to order its convs; ``example_inputs`` as in ``transform``). Raises ``PolicyError`` as
-    ``transform`` does (bad spelling, missing index, nothing selected), and ``ConfigError`` for an
-    explicit k below a selected conv's kernel; an inadmissible n is reported in the rows instead.
+    no_grad to order its convs; ``example_inputs`` as in ``transform``). Raises ``ModelError`` for
+    anything that is not an ``nn.Module``, ``PolicyError`` as ``transform`` does (bad spelling, missing
+    index, nothing selected), and ``ConfigError`` for a bad n or k, or an explicit k below a selected
+    conv's kernel; an inadmissible n is reported in the rows instead.
     """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ConfigError(f"n must be a positive int (taps per forward), got {n!r}")
+    check_model(model, "dcspass.plan")
+    check_n(n)
+    check_k(k)
     analysis = analyse(model, policy, k, example_inputs)
+    found = analysis.found
     chosen = {s.name for s in analysis.selected}
     rows = []
-    for site in analysis.sites:
+    for site in found.sites:
         k_site = interval = admissible = None
         if site.convertible:
             try:
@@ -182,18 +219,63 @@ def plan(
             s = bounds.effective_stride(site.stride)
             interval = bounds.interval(s, k_site, eps_c, eps_l)
             admissible = interval[0] <= n <= interval[1] and n <= k_site * k_site
-        rows.append(PlanRow(
-            index=site.index, name=site.name, kind=site.kind, kernel=site.kernel_size, stride=site.stride,
-            selected=site.name in chosen, k=k_site, interval=interval, admissible=admissible,
-            convertible=site.convertible, reason=site.reason,
-        ))
-    graph = nx.DiGraph(traced=analysis.traced)
+        rows.append(
+            PlanRow(
+                index=site.index,
+                name=site.name,
+                kind=site.kind,
+                kernel=site.kernel_size,
+                stride=site.stride,
+                selected=site.name in chosen,
+                k=k_site,
+                interval=interval,
+                admissible=admissible,
+                convertible=site.convertible,
+                reason=site.reason,
+            )
+        )
+    graph = _digraph(traced=found.traced)
     graph.add_node("input")
     for row in rows:
         graph.add_node(row.name, index=row.index, dcs=row.selected, kernel=row.kernel, stride=row.stride)
     graph.add_node("output")
-    graph.add_edges_from(analysis.edges)
-    return Plan(rows, _policy_label(policy), n, eps_c, eps_l, analysis.traced, analysis.trace_error, graph)
+    edges = _chain(found.sites) if found.graph is None else _dataflow_edges(found.graph, found.sites)
+    graph.add_edges_from(edges)
+    return Plan(rows, _policy_label(policy), n, eps_c, eps_l, found.traced, found.trace_error, graph)
+
+
+def _dataflow_edges(gm: fx.GraphModule, sites: list[ConvSite]) -> list[tuple[str, str]]:
+    """Edges ``a -> b``: conv b reads (through non-conv ops only) what conv a wrote.
+
+    ``"input"`` and ``"output"`` stand for the model's inputs and outputs.
+    """
+    conv_of = {s.node: s.name for s in sites if s.node is not None}
+    # A module called twice has one site but several call nodes: map every call to its name.
+    modules = {s.name for s in sites if s.module is not None}
+    sources: dict[fx.Node, frozenset[str]] = {}
+    edges: set[tuple[str, str]] = set()
+    for node in gm.graph.nodes:
+        upstream = frozenset().union(*(sources.get(a, frozenset()) for a in node.all_input_nodes))
+        if node.op == "placeholder":
+            sources[node] = frozenset({"input"})
+            continue
+        name = conv_of.get(node)
+        if name is None and node.op == "call_module" and node.target in modules:
+            name = node.target
+        if name is not None:
+            edges.update((u, name) for u in upstream)
+            sources[node] = frozenset({name})
+        elif node.op == "output":
+            edges.update((u, "output") for u in upstream)
+        else:
+            sources[node] = upstream
+    return sorted(edges)
+
+
+def _chain(sites: list[ConvSite]) -> list[tuple[str, str]]:
+    """Without a graph, the best dataflow guess: input -> convs in execution order -> output."""
+    names = ["input", *(s.name for s in sites), "output"]
+    return list(itertools.pairwise(names))
 
 
 def _policy_label(policy: PolicySpec) -> str:

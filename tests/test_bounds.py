@@ -80,10 +80,10 @@ def test_transform_rejects_a_stride_one_layer(resnet18):
 
 
 def test_transform_checks_every_layer_before_rewriting(resnet18, monkeypatch):
-    transform_module = importlib.import_module("dcspass.transform")  # the attribute is the function
+    rewrite_module = importlib.import_module("dcspass.rewrite")
     built = []
-    real = transform_module.dcs_from_site
-    monkeypatch.setattr(transform_module, "dcs_from_site", lambda *a, **kw: built.append(a) or real(*a, **kw))
+    real = rewrite_module.dcs_from_site
+    monkeypatch.setattr(rewrite_module, "dcs_from_site", lambda *a, **kw: built.append(a) or real(*a, **kw))
     with pytest.raises(BoundError, match=r"n=3 is outside .*\[0\.4464, 2\].*Also outside their interval: "
                                          r"layer2\.0\.conv1, layer3\.0\.conv1, layer4\.0\.conv1"):
         dcspass.transform(resnet18, "downsample", n=3)

@@ -126,7 +126,8 @@ def test_f_conv2d_sites_are_captured_too():
         def forward(self, x):
             return torch.nn.functional.conv2d(self.stem(x), self.w, None, 2, 1)
 
-    dcs = dcspass.transform(Functional(), "downsample")
+    with pytest.warns(UserWarning, match="the result is a torch.fx GraphModule"):
+        dcs = dcspass.transform(Functional(), "downsample")
     model = dcspass.instrument(dcs)
     x = torch.randn(1, 3, 16, 16)
     with dcspass.frozen_taps(model) as frozen:

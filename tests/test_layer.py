@@ -183,9 +183,9 @@ def test_state_dict_is_that_of_a_conv():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(n=0), r"1 <= n <= k\*k = 25"),
-        (dict(n=26), r"1 <= n <= k\*k = 25"),
-        (dict(n=2.0), "n must be an int"),
+        (dict(n=0), r"n must be a positive int \(taps per forward\), got n=0"),
+        (dict(n=26), r"n=26 exceeds the k\*k=25 taps of a 5x5 kernel"),
+        (dict(n=2.0), "n must be a positive int"),
         (dict(kernel_size=(5, 3)), "square kernel"),
         (dict(groups=4), "groups=4 must divide"),
         (dict(padding="valid"), "only 'same'"),

@@ -50,7 +50,7 @@ class EdgeCases(nn.Module):
 
 def test_downsample_on_resnet18_keeps_names_and_state_dict_keys(resnet18):
     model = dcspass.transform(resnet18, "downsample")
-    assert isinstance(model, fx.GraphModule)
+    assert type(model) is torchvision.models.ResNet
     assert _dcs_names(model) == DOWNSAMPLE_RN18
     assert list(model.state_dict()) == list(resnet18.state_dict())
     assert model.state_dict()["layer2.0.conv1.weight"].shape == (128, 64, 5, 5)
@@ -83,7 +83,7 @@ def test_embed_with_all_taps_is_the_original_model_on_edge_cases():
     torch.manual_seed(0)
     original = EdgeCases().eval()
     x = torch.randn(2, 3, 80, 64)
-    model = dcspass.transform(original, lambda name, conv: True, n=25, k=5, check_bounds=False)
+    model = dcspass.transform(original, lambda name, conv: True, n=25, k=5, check_bounds=False, init="embed")
     assert sorted(_dcs_names(model)) == sorted(
         ["patchify", "down", "dilated", "same", "reflect", "wide", "anisotropic", "conv2d"]
     )
@@ -116,7 +116,9 @@ def test_every_replaced_layer_keeps_its_output_shape():
 def test_f_conv2d_call_site_becomes_a_dcs_submodule():
     torch.manual_seed(0)
     original = EdgeCases()
-    model = dcspass.transform(original, "name:conv2d", n=2, k=5, check_bounds=False)
+    with pytest.warns(UserWarning, match=r"call site\(s\) conv2d \(F.conv2d on self.w\).*GraphModule, not a Edge"):
+        model = dcspass.transform(original, "name:conv2d", n=2, k=5, check_bounds=False, init="embed")
+    assert isinstance(model, fx.GraphModule)
     assert _dcs_names(model) == ["conv2d"]
     assert "w" not in dict(model.named_parameters())  # the old weight is gone, the DCS layer owns it
     layer = model.conv2d
@@ -128,13 +130,14 @@ def test_f_conv2d_call_site_becomes_a_dcs_submodule():
 
 
 def test_embed_and_fresh_initialisation(resnet18):
-    embedded = dcspass.transform(resnet18, "index:6").layer2[0].conv1.weight
+    with pytest.warns(UserWarning, match=r"init='embed' with n=2.*layer2.0.conv1 \(3x3 in 5x5: 40% of draws\)"):
+        embedded = dcspass.transform(resnet18, "index:6", init="embed").layer2[0].conv1.weight
     original = resnet18.layer2[0].conv1.weight
     torch.testing.assert_close(embedded[:, :, 1:4, 1:4], original)
     ring = embedded.clone()
     ring[:, :, 1:4, 1:4] = 0
     assert ring.abs().max() == 0
-    fresh = dcspass.transform(resnet18, "index:6", init="fresh").layer2[0].conv1.weight
+    fresh = dcspass.transform(resnet18, "index:6").layer2[0].conv1.weight  # "fresh" is the default
     assert fresh.shape == (128, 64, 5, 5)
     assert fresh[:, :, 0].abs().max() > 0  # the ring is initialised too
     assert not torch.allclose(fresh[:, :, 1:4, 1:4], original)
@@ -155,7 +158,7 @@ def test_k_default_and_explicit(resnet18):
         ({"policy": "index:1", "k": 5}, "k=5 is smaller than its 7x7 kernel"),
         ({"policy": "index:6", "n": 30, "check_bounds": False}, r"n=30 exceeds the k\*k=25 taps"),
         ({"policy": "index:6", "n": 0}, "n must be a positive int"),
-        ({"policy": "index:6", "init": "zeros"}, "init must be 'embed' or 'fresh'"),
+        ({"policy": "index:6", "init": "zeros"}, "init must be 'fresh' or 'embed'"),
         ({"policy": "index:6", "k": 0}, "k must be a positive int"),
     ],
 )
@@ -177,7 +180,7 @@ def test_timm_conv2d_same_keeps_tf_same_padding():
         timm_layers.Conv2dSame(8, 8, 4, stride=3, dilation=1),
         timm_layers.Conv2dSame(8, 4, 3, stride=1, dilation=2),
     )
-    model = dcspass.transform(original, lambda name, conv: True, n=49, k=7, check_bounds=False)
+    model = dcspass.transform(original, lambda name, conv: True, n=49, k=7, check_bounds=False, init="embed")
     assert all(isinstance(layer, DCSConv2dSame) for _, layer in dcspass.dcs_layers(model))
     for hw in ((77, 65), (64, 64), (31, 30)):
         x = torch.randn(1, 3, *hw)
@@ -212,7 +215,7 @@ class Untraceable(nn.Module):
 def test_untraceable_model_falls_back_to_module_swap_with_a_warning():
     torch.manual_seed(0)
     original = Untraceable()
-    with pytest.warns(UserWarning, match=r"torch.fx cannot trace Untraceable \(TraceError: .*swapping"):
+    with pytest.warns(UserWarning, match=r"torch.fx cannot trace Untraceable \(TraceError: .*dry run"):
         model = dcspass.transform(original, "index:2")  # index from the dry run: b runs second
     assert type(model) is Untraceable and model is not original
     assert _dcs_names(model) == ["b"]
@@ -220,7 +223,7 @@ def test_untraceable_model_falls_back_to_module_swap_with_a_warning():
     assert model(torch.randn(2, 3, 9, 11)).shape == original(torch.randn(2, 3, 9, 11)).shape
     with pytest.warns(UserWarning, match="forward-hook dry run"):
         full = dcspass.transform(
-            original, "index:1,2", n=25, check_bounds=False, example_inputs=torch.ones(1, 3, 8, 8)
+            original, "index:1,2", n=25, check_bounds=False, init="embed", example_inputs=torch.ones(1, 3, 8, 8)
         )
     x = torch.randn(1, 3, 77, 65)
     torch.testing.assert_close(full(x), original(x), rtol=1e-5, atol=1e-5)
@@ -243,7 +246,7 @@ def test_gradients_match_with_in_place_relu_after_a_dcs_layer():
         nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(8, 4, 3, stride=2, padding=1),
         nn.ReLU(inplace=True),
     )
-    model = dcspass.transform(original, lambda name, conv: True, n=25, k=5, check_bounds=False)
+    model = dcspass.transform(original, lambda name, conv: True, n=25, k=5, check_bounds=False, init="embed")
     x = torch.randn(2, 3, 9, 11, requires_grad=True)
     model(x).square().sum().backward()
     got = (x.grad.clone(), getattr(model, "2").weight.grad[:, :, 1:4, 1:4].clone())

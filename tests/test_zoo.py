@@ -108,7 +108,7 @@ def test_timm_std_conv_models_are_refused_whole():
 )
 def test_embed_with_all_taps_reproduces_real_models(source, name, policy, k, kwargs):
     model = _build(source, name, **kwargs)
-    dcs = dcspass.transform(model, policy, n=k * k, k=k, check_bounds=False)
+    dcs = dcspass.transform(model, policy, n=k * k, k=k, check_bounds=False, init="embed")
     layers = dict(dcspass.dcs_layers(dcs))
     assert layers
     if name == "convnext_tiny":

@@ -30,6 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import DCSConv2d
 from ..sampling import dcs_layers, using_taps
+from ..tracing import trace
 
 __all__ = ["DrawRunner", "TapSets", "all_tap_sets"]
 
@@ -74,13 +75,6 @@ class TapSets:
         return torch.stack([layer.draw_taps() for _ in range(self.count)])
 
 
-class _LeafTracer(fx.Tracer):
-    """torch.fx tracer that keeps DCS layers as leaves (their forward draws taps: no tracing into it)."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, DCSConv2d) or super().is_leaf_module(m, module_qualified_name)
-
-
 class _Split:
     """The traced model's nodes, cut into the prefix (independent of DCS) and the suffix."""
 
@@ -88,8 +82,7 @@ class _Split:
         if isinstance(model, fx.GraphModule):
             self.gm = model
         else:
-            graph = _LeafTracer().trace(model)
-            self.gm = fx.GraphModule(model, graph)
+            self.gm = trace(model)
         modules = dict(self.gm.named_modules())
         nodes = list(self.gm.graph.nodes)
         placeholders = [n for n in nodes if n.op == "placeholder"]
