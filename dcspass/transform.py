@@ -142,7 +142,7 @@ def transform(
     if calls:
         warnings.warn(
             f"dcspass.transform: the selected F.conv2d call site(s) {_call_sites(calls)} have no module to "
-            f"swap, so the result is a torch.fx GraphModule, not a {type(model).__name__}: it has only "
+            f"swap, so the result is a torch.fx GraphModule instead of {type(model).__name__}: it has only "
             "forward, and keeps the self.training branches of trace time. To keep the class, make the "
             "call an nn.Conv2d module or leave it out of the policy.",
             stacklevel=2,
@@ -192,7 +192,7 @@ def _warn_zero_ring(analysis: Analysis, n: int) -> None:
         p = zero_ring_draw_probability(site.kernel_size, k, n)
         if p > 0:
             kh, kw = site.kernel_size
-            degenerate.append(f"{site.name} ({kh}x{kw} in {k}x{k}: {p:.0%} of draws)")
+            degenerate.append(f"{site.name} ({kh}x{kw} in {k}x{k}: {100 * p:.3g}% of draws)")
     if degenerate:
         warnings.warn(
             f"dcspass.transform: init='embed' with n={n}: a draw can read only the zero ring around the "

@@ -55,7 +55,7 @@ def check_model(model: object, caller: str) -> nn.Module:
     what = type(model).__name__
     if isinstance(model, Mapping):
         hint = (
-            f"got a {what}, which looks like a state dict; build the model first and load the weights "
+            f"got a mapping ({what}), which looks like a state dict; build the model first and load the weights "
             f"into it (model = MyNet(); model.load_state_dict(state_dict)), then call {caller}(model, ...)"
         )
     elif isinstance(model, type) and issubclass(model, nn.Module):
@@ -69,5 +69,5 @@ def check_model(model: object, caller: str) -> nn.Module:
         name = getattr(model, "__name__", what)
         hint = f"got the callable {name}; call it to build the model: {caller}({name}(), ...)"
     else:
-        hint = "got None" if model is None else f"got a {what}"
+        hint = "got None" if model is None else f"got an object of type {what}"
     raise ModelError(f"{caller} needs the model as an nn.Module instance; {hint}")

@@ -51,8 +51,11 @@ def test_lower_bound_falls_as_the_tolerance_grows():
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [((0, 5), "stride must be a positive int"), ((2, 2.5), "k must be a positive int"),
-     ((2, 5, 0.0), "eps_c and eps_l must be positive")],
+    [
+        ((0, 5), "stride must be a positive int"),
+        ((2, 2.5), "k must be a positive int"),
+        ((2, 5, 0.0), "eps_c and eps_l must be positive"),
+    ],
 )
 def test_bad_interval_arguments(args, message):
     with pytest.raises(ConfigError, match=message):
@@ -84,8 +87,11 @@ def test_transform_checks_every_layer_before_rewriting(resnet18, monkeypatch):
     built = []
     real = rewrite_module.dcs_from_site
     monkeypatch.setattr(rewrite_module, "dcs_from_site", lambda *a, **kw: built.append(a) or real(*a, **kw))
-    with pytest.raises(BoundError, match=r"n=3 is outside .*\[0\.4464, 2\].*Also outside their interval: "
-                                         r"layer2\.0\.conv1, layer3\.0\.conv1, layer4\.0\.conv1"):
+    with pytest.raises(
+        BoundError,
+        match=r"n=3 is outside .*\[0\.4464, 2\].*Also outside their interval: "
+        r"layer2\.0\.conv1, layer3\.0\.conv1, layer4\.0\.conv1",
+    ):
         dcspass.transform(resnet18, "downsample", n=3)
     with pytest.raises(BoundError, match=r"layer2\.0\.conv2"):
         dcspass.transform(resnet18, "index:6,7")  # index 6 passes, index 7 (stride 1) does not

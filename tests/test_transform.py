@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import math
 import warnings
 
 import pytest
@@ -12,7 +14,7 @@ import torchvision
 from torch import fx, nn
 
 import dcspass
-from dcspass import ConfigError, DCSConv2d, DCSConv2dSame, PolicyError
+from dcspass import BoundError, ConfigError, DCSConv2d, DCSConv2dSame, ModelError, PolicyError
 
 DOWNSAMPLE_RN18 = ["conv1", "layer2.0.conv1", "layer3.0.conv1", "layer4.0.conv1"]
 
@@ -57,6 +59,95 @@ def test_downsample_on_resnet18_keeps_names_and_state_dict_keys(resnet18):
     assert isinstance(model.layer2[0].conv1, DCSConv2d)  # containers keep their types
 
 
+def test_result_is_the_models_class_and_hooks_on_its_containers_fire(resnet18):
+    model = dcspass.transform(resnet18, "index:6")
+    assert type(model) is torchvision.models.ResNet and model is not resnet18
+    seen = []
+    model.layer4.register_forward_hook(lambda module, args, out: seen.append(tuple(out.shape)))
+    model.layer2.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    model(torch.randn(1, 3, 32, 32))
+    assert seen == [(1, 64, 8, 8), (1, 512, 1, 1)]
+
+
+def test_inplace_rewrites_the_model_itself():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    fc = model.fc.weight
+    out = dcspass.transform(model, "index:6", inplace=True)
+    assert out is model
+    assert isinstance(model.layer2[0].conv1, DCSConv2d) and model.fc.weight is fc
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+def test_inplace_checks_everything_before_changing_the_model(resnet18):
+    with pytest.raises(BoundError, match=r"layer2\.0\.conv2"):
+        dcspass.transform(resnet18, "index:6,7", inplace=True)  # index 6 passes, index 7 does not
+    assert not _dcs_names(resnet18)
+    edge = EdgeCases()
+    with pytest.raises(ConfigError, match=r"inplace=True cannot rewrite .* conv2d \(F.conv2d on self.w\)"):
+        dcspass.transform(edge, "name:down,conv2d", check_bounds=False, inplace=True)
+    assert not _dcs_names(edge) and isinstance(edge.w, nn.Parameter)
+
+
+def test_copy_save_load_and_state_dict_round_trips(resnet18, tmp_path):
+    torch.manual_seed(0)
+    model = dcspass.transform(resnet18, "downsample")
+    x = torch.randn(1, 3, 32, 32)
+    with dcspass.frozen_taps(model) as taps:
+        expected = model(x)
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    rebuilt = dcspass.transform(torchvision.models.resnet18(weights=None).eval(), "downsample")
+    rebuilt.load_state_dict(model.state_dict())
+    for other in (copy.deepcopy(model), loaded, rebuilt):
+        assert type(other) is torchvision.models.ResNet and other is not model
+        with dcspass.using_taps(other, taps):
+            torch.testing.assert_close(other(x), expected)
+        with dcspass.frozen_taps(other) as drawn:
+            assert drawn.keys() == taps.keys()
+
+
+@pytest.mark.parametrize("api", ["transform", "plan", "instrument"])
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (
+            torchvision.models.resnet18,
+            r"got the callable resnet18; call it to build the model: dcspass\.\w+\(",
+        ),
+        (torchvision.models.ResNet, "got the class ResNet; pass an instance"),
+        ("resnet18", r"got the string 'resnet18'; build the model first, e\.g\. .*get_model\('resnet18'\)"),
+        (
+            {"conv1.weight": torch.zeros(1)},
+            r"got a mapping \(dict\), which looks like a state dict; .*model\.load_state_dict\(state_dict\)",
+        ),
+        (None, "got None"),
+    ],
+)
+def test_anything_but_a_module_is_refused(api, model, message):
+    with pytest.raises(
+        ModelError, match=rf"^dcspass\.{api} needs the model as an nn\.Module instance; {message}"
+    ):
+        getattr(dcspass, api)(model)
+    assert issubclass(ModelError, TypeError) and issubclass(ModelError, dcspass.DCSError)
+
+
+def test_embed_warns_only_when_a_draw_can_miss_the_embedded_kernel(resnet18):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dcspass.transform(resnet18, "index:6")  # fresh
+        dcspass.transform(resnet18, "index:6", n=17, check_bounds=False, init="embed")  # ring of 16 < n
+    with pytest.warns(UserWarning, match=r"n=16: .*layer2\.0\.conv1 \(3x3 in 5x5: "):
+        dcspass.transform(resnet18, "index:6", n=16, check_bounds=False, init="embed")
+    # The share of n=2 draws that land on the ring only: C(ring, 2) / C(k*k, 2).
+    stem, down = (f"{100 * math.comb(81 - kk, 2) / math.comb(81, 2):.3g}%" for kk in (49, 9))
+    with pytest.warns(
+        UserWarning, match=rf"conv1 \(7x7 in 9x9: {stem} .*layer2\.0\.conv1 \(3x3 in 9x9: {down}"
+    ):
+        dcspass.transform(resnet18, "index:1,6", k=9, check_bounds=False, init="embed")
+
+
 def test_user_model_untouched(resnet18):
     before = {k: v.clone() for k, v in resnet18.state_dict().items()}
     model = dcspass.transform(resnet18, "index:6", init="fresh")
@@ -79,6 +170,7 @@ def test_index_6_is_layer2_0_conv1_and_resamples(resnet18):
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+@pytest.mark.filterwarnings("ignore:dcspass.transform. the selected F.conv2d call site")  # a GraphModule result
 def test_embed_with_all_taps_is_the_original_model_on_edge_cases():
     torch.manual_seed(0)
     original = EdgeCases().eval()
@@ -94,6 +186,7 @@ def test_embed_with_all_taps_is_the_original_model_on_edge_cases():
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+@pytest.mark.filterwarnings("ignore:dcspass.transform. the selected F.conv2d call site")  # a GraphModule result
 def test_every_replaced_layer_keeps_its_output_shape():
     torch.manual_seed(0)
     original = EdgeCases()
@@ -116,8 +209,10 @@ def test_every_replaced_layer_keeps_its_output_shape():
 def test_f_conv2d_call_site_becomes_a_dcs_submodule():
     torch.manual_seed(0)
     original = EdgeCases()
-    with pytest.warns(UserWarning, match=r"call site\(s\) conv2d \(F.conv2d on self.w\).*GraphModule, not a Edge"):
-        model = dcspass.transform(original, "name:conv2d", n=2, k=5, check_bounds=False, init="embed")
+    with pytest.warns(
+        UserWarning, match=r"call site\(s\) conv2d \(F.conv2d on self.w\).*GraphModule instead of EdgeCases"
+    ):
+        model = dcspass.transform(original, "name:conv2d", n=25, k=5, check_bounds=False, init="embed")
     assert isinstance(model, fx.GraphModule)
     assert _dcs_names(model) == ["conv2d"]
     assert "w" not in dict(model.named_parameters())  # the old weight is gone, the DCS layer owns it
@@ -130,7 +225,9 @@ def test_f_conv2d_call_site_becomes_a_dcs_submodule():
 
 
 def test_embed_and_fresh_initialisation(resnet18):
-    with pytest.warns(UserWarning, match=r"init='embed' with n=2.*layer2.0.conv1 \(3x3 in 5x5: 40% of draws\)"):
+    with pytest.warns(
+        UserWarning, match=r"init='embed' with n=2.*layer2.0.conv1 \(3x3 in 5x5: 40% of draws\)"
+    ):
         embedded = dcspass.transform(resnet18, "index:6", init="embed").layer2[0].conv1.weight
     original = resnet18.layer2[0].conv1.weight
     torch.testing.assert_close(embedded[:, :, 1:4, 1:4], original)
@@ -223,7 +320,12 @@ def test_untraceable_model_falls_back_to_module_swap_with_a_warning():
     assert model(torch.randn(2, 3, 9, 11)).shape == original(torch.randn(2, 3, 9, 11)).shape
     with pytest.warns(UserWarning, match="forward-hook dry run"):
         full = dcspass.transform(
-            original, "index:1,2", n=25, check_bounds=False, init="embed", example_inputs=torch.ones(1, 3, 8, 8)
+            original,
+            "index:1,2",
+            n=25,
+            check_bounds=False,
+            init="embed",
+            example_inputs=torch.ones(1, 3, 8, 8),
         )
     x = torch.randn(1, 3, 77, 65)
     torch.testing.assert_close(full(x), original(x), rtol=1e-5, atol=1e-5)
@@ -243,7 +345,9 @@ def test_gradients_match_with_in_place_relu_after_a_dcs_layer():
     """conv -> ReLU(inplace=True) (VGG, AlexNet): the DCS output must accept in-place ops under autograd."""
     torch.manual_seed(0)
     original = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(8, 4, 3, stride=2, padding=1),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(8, 4, 3, stride=2, padding=1),
         nn.ReLU(inplace=True),
     )
     model = dcspass.transform(original, lambda name, conv: True, n=25, k=5, check_bounds=False, init="embed")

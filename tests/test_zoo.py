@@ -1,10 +1,11 @@
 """Generality: the torchvision classification zoo and a set of timm CNNs (built without weights).
 
-For each model: ``transform(model, "downsample")``, one forward, every replaced layer keeps its output
-shape, and the logits keep theirs. Then ``n = k*k`` with ``init="embed"`` reproduces real models at an
-odd input size (77x65), where padding mistakes show: even kernels (ConvNeXt), TF-"SAME" padding
-(timm's tf_ models), dilation (ResNet-50 with dilated layer4). Inputs are small to keep this fast.
-"""
+For each model: ``transform(model, "downsample")`` returns the model's own class, one forward, every
+replaced layer keeps its output shape, and the logits keep theirs; timm's own methods still work.
+Then ``n = k*k`` with ``init="embed"`` reproduces real models at an odd input size (77x65), where
+padding mistakes show: even kernels (ConvNeXt), TF-"SAME" padding (timm's tf_ models), dilation
+(ResNet-50 with dilated layer4). Stochastic depth follows train/eval after the transform. Inputs are
+small to keep this fast."""
 
 from __future__ import annotations
 
@@ -23,8 +24,16 @@ from dcspass import PolicyError
 # resnet18 and convnext_tiny are covered by test_embed_with_all_taps_reproduces_real_models below (same
 # "downsample" selection, output checked against the original), vgg11 by its own test.
 TORCHVISION = [
-    "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
-    "densenet121", "regnet_y_400mf", "shufflenet_v2_x0_5", "mnasnet0_5", "squeezenet1_0",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "densenet121",
+    "regnet_y_400mf",
+    "shufflenet_v2_x0_5",
+    "mnasnet0_5",
+    "squeezenet1_0",
 ]
 # tf_efficientnet_b0 (Conv2dSame everywhere) is covered by the embed test below.
 TIMM = ["mobilenetv3_small_100", "regnety_002", "convnext_atto", "mixnet_s", "repvgg_a0", "ghostnet_050"]
@@ -60,6 +69,7 @@ def _check_downsample(model: nn.Module, size: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # these models trace: no fallback warning expected
         dcs = dcspass.transform(model, "downsample")
+    assert isinstance(dcs, type(model)) and type(dcs) is type(model)
     names = [name for name, _ in dcspass.dcs_layers(dcs)]
     assert names, "downsample selected nothing"
     x = torch.randn(1, 3, size, size)
@@ -68,6 +78,7 @@ def _check_downsample(model: nn.Module, size: int) -> None:
     assert set(after) == set(names)
     assert after == before
     assert logits_after == logits_before == (1, 10)
+    return dcs
 
 
 @pytest.mark.parametrize("name", TORCHVISION)
@@ -77,7 +88,42 @@ def test_torchvision_zoo(name):
 
 @pytest.mark.parametrize("name", TIMM)
 def test_timm_zoo(name):
-    _check_downsample(_build("timm", name), 32)
+    model = _build("timm", name)
+    dcs = _check_downsample(model, 32)
+    # timm's own API survives the transform: features, classifier reset, the pretrained config.
+    assert dcs.pretrained_cfg == model.pretrained_cfg and dcs.pretrained_cfg["architecture"] == name
+    dcs.reset_classifier(3)
+    assert model.num_classes == 10  # the user's model is a separate object
+    with torch.no_grad():
+        features = dcs.forward_features(torch.randn(1, 3, 32, 32))
+        assert features.shape[:2] == (1, dcs.num_features)
+        assert dcs.forward_head(features).shape == (1, 3)
+
+
+@pytest.mark.parametrize(
+    ("source", "name", "kwargs"),
+    [
+        ("torchvision", "efficientnet_b0", {}),  # stochastic depth: F-style, reads self.training
+        ("timm", "convnext_atto", {"drop_path_rate": 0.5}),  # timm DropPath
+    ],
+)
+def test_stochastic_depth_and_dropout_follow_train_and_eval(source, name, kwargs):
+    """Built in train mode (as models are) and transformed with every tap, so DCS adds no randomness:
+    in eval mode two forwards agree exactly, in train mode stochastic depth makes them differ."""
+    model = _build(source, name, **kwargs).train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # n = k*k: no zero-ring warning either
+        dcs = dcspass.transform(model, "downsample", n=25, k=5, check_bounds=False, init="embed")
+    assert type(dcs) is type(model)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        dcs.eval()
+        torch.testing.assert_close(dcs(x), dcs(x), rtol=0, atol=0)
+        dcs.train()
+        first = dcs(x)
+        assert any(not torch.equal(first, dcs(x)) for _ in range(3)), (
+            "stochastic depth stayed off in train mode"
+        )
 
 
 def test_vgg_has_no_strided_conv_and_index_works():
@@ -85,6 +131,7 @@ def test_vgg_has_no_strided_conv_and_index_works():
     with pytest.raises(PolicyError, match=r"matches no conv(.|\n)*features\.0"):
         dcspass.transform(model, "downsample")
     dcs = dcspass.transform(model, "index:2", check_bounds=False)
+    assert type(dcs) is torchvision.models.VGG
     assert [n for n, _ in dcspass.dcs_layers(dcs)] == ["features.3"]
     assert dcs(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
@@ -102,13 +149,19 @@ def test_timm_std_conv_models_are_refused_whole():
         ("torchvision", "resnet18", "downsample", 7, {}),
         ("torchvision", "convnext_tiny", "downsample", 5, {}),  # 4x4 stride-4 stem, 2x2 stride-2
         ("timm", "tf_efficientnet_b0", "downsample", 5, {}),  # Conv2dSame, TF "SAME" padding
-        ("torchvision", "resnet50", "name:layer4.*.conv2", 5,  # dilation 2, stride 1
-         {"replace_stride_with_dilation": [False, False, True]}),
+        (
+            "torchvision",
+            "resnet50",
+            "name:layer4.*.conv2",
+            5,  # dilation 2, stride 1
+            {"replace_stride_with_dilation": [False, False, True]},
+        ),
     ],
 )
 def test_embed_with_all_taps_reproduces_real_models(source, name, policy, k, kwargs):
     model = _build(source, name, **kwargs)
     dcs = dcspass.transform(model, policy, n=k * k, k=k, check_bounds=False, init="embed")
+    assert type(dcs) is type(model)
     layers = dict(dcspass.dcs_layers(dcs))
     assert layers
     if name == "convnext_tiny":
