@@ -1,4 +1,8 @@
-"""torch.compile(transform(model), fullgraph=True): no graph breaks, fresh taps per call, tap control."""
+"""torch.compile(transform(model), fullgraph=True): no graph breaks, fresh taps per call, tap control.
+
+Both kinds of result compile: the model's own class with conv modules swapped (the usual case), and
+the ``GraphModule`` a rewritten ``F.conv2d`` call site forces.
+"""
 
 from __future__ import annotations
 
@@ -12,21 +16,27 @@ import dcspass
 
 
 class Tiny(nn.Module):
-    """A residual block, a TF-"SAME" strided conv and an F.conv2d call site: every rewrite the pass does."""
+    """A residual block, a TF-"SAME" strided conv and a last strided conv, as a module or (``functional``)
+    an F.conv2d call site: every rewrite the pass does."""
 
-    def __init__(self) -> None:
+    def __init__(self, functional: bool) -> None:
         super().__init__()
+        self.functional = functional
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
         self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1)
         self.skip = nn.Conv2d(8, 8, 1, stride=2)
         self.same = timm_layers.Conv2dSame(8, 8, 3, stride=2)
-        self.w = nn.Parameter(torch.randn(8, 8, 3, 3) * 0.1)
+        if functional:
+            self.w = nn.Parameter(torch.randn(8, 8, 3, 3) * 0.1)
+        else:
+            self.last = nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False)
         self.head = nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.stem(x))
         x = torch.relu(self.down(x) + self.skip(x))
-        x = F.conv2d(self.same(x), self.w, None, 2, 1)
+        x = self.same(x)
+        x = F.conv2d(x, self.w, None, 2, 1) if self.functional else self.last(x)
         return self.head(x.mean((2, 3)))
 
 
@@ -37,17 +47,25 @@ def _fresh_dynamo():
     torch._dynamo.reset()
 
 
-def _dcs_model() -> nn.Module:
+def _dcs_model(functional: bool) -> nn.Module:
     torch.manual_seed(0)
-    model = dcspass.transform(Tiny(), "downsample", n=2)
-    assert sorted(n for n, _ in dcspass.dcs_layers(model)) == ["conv2d", "down", "same"]
+    if functional:
+        with pytest.warns(UserWarning, match="the result is a torch.fx GraphModule"):
+            model = dcspass.transform(Tiny(functional), "downsample", n=2)
+    else:
+        model = dcspass.transform(Tiny(functional), "downsample", n=2)
+        assert type(model) is Tiny
+    last = "conv2d" if functional else "last"
+    assert sorted(n for n, _ in dcspass.dcs_layers(model)) == sorted([last, "down", "same"])
     return model
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_compiled_transformed_model(backend):
-    model = _dcs_model()
+@pytest.mark.parametrize(
+    ("backend", "functional"), [("aot_eager", False), ("aot_eager", True), ("inductor", False)]
+)
+def test_compiled_transformed_model(backend, functional):
+    model = _dcs_model(functional)
     compiled = torch.compile(model, backend=backend, fullgraph=True)
     x = torch.randn(2, 3, 17, 15)
     outs = [compiled(x) for _ in range(5)]
@@ -63,11 +81,13 @@ def test_compiled_transformed_model(backend):
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
     # Backward through the compiled graph reaches the DCS weights.
     compiled(x).square().sum().backward()
-    assert model.down.weight.grad is not None and model.conv2d.weight.grad is not None
+    last = model.conv2d if functional else model.last
+    assert model.down.weight.grad is not None and last.weight.grad is not None
 
 
-def test_no_graph_breaks():
-    model = _dcs_model()
+@pytest.mark.parametrize("functional", [False, True])
+def test_no_graph_breaks(functional):
+    model = _dcs_model(functional)
     explanation = torch._dynamo.explain(model)(torch.randn(1, 3, 16, 16))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
@@ -75,7 +95,7 @@ def test_no_graph_breaks():
 
 @pytest.mark.slow
 def test_compiled_instrumented_model_records_fresh_taps():
-    model = _dcs_model()
+    model = _dcs_model(functional=False)
     probe = dcspass.instrument(model)
     compiled = torch.compile(probe, backend="aot_eager", fullgraph=True)
     x = torch.randn(1, 3, 16, 16)
