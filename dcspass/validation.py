@@ -55,8 +55,9 @@ def check_model(model: object, caller: str) -> nn.Module:
     what = type(model).__name__
     if isinstance(model, Mapping):
         hint = (
-            f"got a mapping ({what}), which looks like a state dict; build the model first and load the weights "
-            f"into it (model = MyNet(); model.load_state_dict(state_dict)), then call {caller}(model, ...)"
+            f"got a mapping ({what}), which looks like a state dict; build the model first and load the "
+            f"weights into it (model = MyNet(); model.load_state_dict(state_dict)), then call "
+            f"{caller}(model, ...)"
         )
     elif isinstance(model, type) and issubclass(model, nn.Module):
         hint = f"got the class {model.__name__}; pass an instance: {caller}({model.__name__}(...), ...)"

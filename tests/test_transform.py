@@ -17,6 +17,8 @@ import dcspass
 from dcspass import BoundError, ConfigError, DCSConv2d, DCSConv2dSame, ModelError, PolicyError
 
 DOWNSAMPLE_RN18 = ["conv1", "layer2.0.conv1", "layer3.0.conv1", "layer4.0.conv1"]
+# EdgeCases has an F.conv2d call site: selecting it makes the result a GraphModule, with a warning.
+GRAPH_MODULE_RESULT = "ignore:dcspass.transform. the selected F.conv2d call site"
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +172,7 @@ def test_index_6_is_layer2_0_conv1_and_resamples(resnet18):
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
-@pytest.mark.filterwarnings("ignore:dcspass.transform. the selected F.conv2d call site")  # a GraphModule result
+@pytest.mark.filterwarnings(GRAPH_MODULE_RESULT)
 def test_embed_with_all_taps_is_the_original_model_on_edge_cases():
     torch.manual_seed(0)
     original = EdgeCases().eval()
@@ -186,7 +188,7 @@ def test_embed_with_all_taps_is_the_original_model_on_edge_cases():
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
-@pytest.mark.filterwarnings("ignore:dcspass.transform. the selected F.conv2d call site")  # a GraphModule result
+@pytest.mark.filterwarnings(GRAPH_MODULE_RESULT)
 def test_every_replaced_layer_keeps_its_output_shape():
     torch.manual_seed(0)
     original = EdgeCases()
