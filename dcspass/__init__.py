@@ -27,7 +27,7 @@ from .layers import DCSConv2d, DCSConv2dSame
 from .models import build_model
 from .planning import Plan, plan
 from .sampling import dcs_layers, excluding_taps, frozen_taps, sample_taps, using_taps
-from .transform import transform
+from .transformation import transform
 
 __version__ = "0.1.0"
 

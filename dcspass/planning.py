@@ -20,7 +20,7 @@ from . import bounds
 from .errors import ConfigError
 from .policies import ConvSite, PolicySpec
 from .rewrite import dcs_kernel_size
-from .transform import analyse
+from .transformation import analyse
 from .validation import check_k, check_model, check_n
 
 if TYPE_CHECKING:

@@ -103,18 +103,7 @@ def _public_functions() -> list[str]:
     return [name for name in dcspass.__all__ if inspect.isfunction(getattr(dcspass, name))]
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(
-                name == "transform", strict=True, reason="dcspass/transform.py is being split into modules"
-            ),
-        )
-        for name in _public_functions()
-    ],
-)
+@pytest.mark.parametrize("name", _public_functions())
 def test_no_submodule_is_named_after_a_public_function(name):
     """``import dcspass.plan`` once rebound ``dcspass.plan`` from the function to a CLI module."""
     assert importlib.util.find_spec(f"dcspass.{name}") is None

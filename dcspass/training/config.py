@@ -115,7 +115,7 @@ def build_network(config: TrainConfig | dict[str, Any]) -> nn.Module:
     )
     if config.policy is None:
         return model
-    from ..transform import transform
+    from ..transformation import transform
 
     return transform(
         model, policy=config.policy, n=config.n, k=config.k, check_bounds=config.check_bounds, init="fresh"
