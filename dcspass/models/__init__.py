@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
+from ..validation import positive_int
 from .cifar_resnet import CifarResNet18
 from .resnet50 import resnet50
 from .vit_convstem import ConvStemViT
@@ -53,12 +54,9 @@ def build_model(
     """
     if arch not in ARCHITECTURES:
         raise ConfigError(f"unknown arch {arch!r}; choose one of {sorted(ARCHITECTURES)}")
-    for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive int, got {value!r}")
-    width = DEFAULT_WIDTH[arch] if width is None else width
-    if not isinstance(width, int) or width < 1:
-        raise ConfigError(f"width must be a positive int, got {width!r}")
+    positive_int(num_classes, "num_classes")
+    positive_int(in_channels, "in_channels")
+    width = positive_int(DEFAULT_WIDTH[arch] if width is None else width, "width")
     try:
         return ARCHITECTURES[arch](num_classes=num_classes, in_channels=in_channels, width=width, **options)
     except TypeError as exc:

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models import build_model
+from ..validation import positive_int
 
 __all__ = ["METHODS", "SCHEDULES", "TrainConfig", "build_network"]
 
@@ -24,7 +25,7 @@ SCHEDULES = ("multistep", "cosine")
 
 @dataclass
 class TrainConfig:
-    """One training run. Defaults are the paper's CIFAR ResNet-18 recipe (DESIGN §6).
+    """One training run. Defaults are the paper's CIFAR ResNet-18 recipe.
 
     Network: ``arch``, ``num_classes``, ``in_channels``, ``width`` (None = paper width),
     ``model_options`` (architecture keywords such as ``image_size``).
@@ -76,9 +77,7 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         for name in ("epochs", "batch_size", "attack_steps", "eval_steps", "eval_draws", "n"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive int, got {value!r}")
+            positive_int(getattr(self, name), name)
         if self.eps > 1 or self.alpha > 1:
             raise ConfigError(
                 f"eps={self.eps} / alpha={self.alpha} look like the 0-255 scale; pixels are in [0, 1], "
