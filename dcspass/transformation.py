@@ -113,7 +113,7 @@ def transform(
         raise ConfigError(f"init must be 'fresh' or 'embed', got {init!r}")
     check_n(n)
     check_k(k)
-    work = model if inplace else copy_model(model)
+    work = model if inplace else _copy_model(model)
     analysis = analyse(work, policy, k, example_inputs)
     if not analysis.found.traced:
         warnings.warn(
@@ -150,7 +150,7 @@ def transform(
     return rewrite(work, analysis.found.graph, analysis.selected, analysis.kernel_sizes, n, init)
 
 
-def copy_model(model: nn.Module) -> nn.Module:
+def _copy_model(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` to rewrite, with a message that says what to do if it cannot be copied."""
     try:
         return copy.deepcopy(model)
