@@ -113,7 +113,7 @@ def test_stochastic_depth_and_dropout_follow_train_and_eval(source, name, kwargs
     model = _build(source, name, **kwargs).train()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # n = k*k: no zero-ring warning either
-        dcs = dcspass.transform(model, "downsample", n=25, k=5, check_bounds=False, init="embed")
+        dcs = dcspass.transform(model, "index:1", n=25, k=5, check_bounds=False, init="embed")  # the stem
     assert type(dcs) is type(model)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
