@@ -1,7 +1,7 @@
 """Layer-selection policies: which convs of a model become DCS layers.
 
 A policy sees every conv of the model as a ``ConvSite`` (1-based execution index, qualified name,
-kernel, stride, ...) and answers yes or no. Spellings (DESIGN §2):
+kernel, stride, ...) and answers yes or no. Spellings:
 
 - ``"downsample"``: stride > 1 and spatial kernel > 1 (1x1 projections excluded).
 - ``"index:6"``, ``"index:2,6"``: the 6th (2nd and 6th) conv in execution order, 1-based as the paper

@@ -1,7 +1,7 @@
 """Drawing taps, and the context managers that control the draw.
 
 A *tap* is a position in the k x k window, numbered ``0 .. k*k-1`` row-major. A DCS layer draws n
-distinct taps uniformly at every forward (DESIGN §1). Draws use torch's RNG only, so
+distinct taps uniformly at every forward. Draws use torch's RNG only, so
 ``torch.manual_seed`` makes runs reproducible and ``torch.compile`` keeps them random on every call:
 ``torch.rand`` followed by ``topk`` is an ordinary graph op, never a baked constant.
 

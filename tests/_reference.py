@@ -1,4 +1,4 @@
-"""Test oracle: the masked dense convolution of DESIGN §1, written with plain ``F.conv2d``."""
+"""Test oracle: the masked dense convolution (the DCS definition), written with plain ``F.conv2d``."""
 
 from __future__ import annotations
 
