@@ -1,13 +1,19 @@
-"""Shared test setup. Triton's interpreter must be chosen before Triton is imported anywhere."""
+"""Shared test setup. Triton's interpreter must be chosen before Triton is imported anywhere.
+
+With a CUDA device a plain ``pytest`` runs the real kernels (the interpreter-only tests skip, the
+``gpu`` tests run); without one, Triton's interpreter runs the kernels on CPU tensors. An explicit
+``TRITON_INTERPRET`` in the environment always wins.
+"""
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch  # importing torch does not import Triton; Triton reads TRITON_INTERPRET when it is imported
+
+os.environ.setdefault("TRITON_INTERPRET", "0" if torch.cuda.is_available() else "1")
 
 import pytest
-import torch
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(

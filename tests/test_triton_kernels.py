@@ -2,8 +2,9 @@
 
 Without a GPU the kernels run on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1``, set by
 ``tests/conftest.py`` before Triton is imported): the launchers are called directly, and the op is
-routed to them inside ``triton_backend.interpreting_on_cpu()``. Tests marked ``gpu`` run the real
-compiler on CUDA (``TRITON_INTERPRET=0 pytest -m gpu tests/test_triton_kernels.py``).
+routed to them inside ``triton_backend.interpreting_on_cpu()``. On a machine with CUDA, conftest leaves
+the interpreter off, so a plain ``pytest`` runs the real compiler and the tests marked ``gpu``
+(``pytest -m gpu`` runs only those); the interpreter-only tests then skip.
 
 Tolerances: fp32 accumulates in fp32 like the references, so only summation order differs (``FP32``).
 fp16 / bf16 inputs accumulate in fp32 too and are compared with the fp32 PyTorch path on the same
@@ -40,7 +41,7 @@ interpreter = pytest.mark.skipif(
 )
 needs_gpu = pytest.mark.skipif(
     not torch.cuda.is_available() or INTERPRETING,
-    reason="needs a CUDA GPU and the real Triton compiler (TRITON_INTERPRET=0)",
+    reason="needs a CUDA GPU and the real Triton compiler (TRITON_INTERPRET unset or 0)",
 )
 
 
@@ -534,3 +535,88 @@ def test_gpu_compiled_graph_runs_the_kernels():
     torch.testing.assert_close(value, expected, rtol=1e-2, atol=0)
     for mine, ref in zip(grads, torch.autograd.grad(expected, (x, w)), strict=True):
         assert (mine.float() - ref.float()).abs().max() <= 1e-2 * ref.float().abs().max()
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_gradcheck_of_the_triton_path(launch_counts, monkeypatch):
+    """Finite differences against the kernels' gradients, fp32 with IEEE dots (the kernels have no fp64:
+    fp64 falls back to the PyTorch path), so the tolerances are fp32's; and the same gradients against
+    the PyTorch path on CUDA in fp64."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    case = dict(GPU_CASES[1], batch=1, c_in=6, c_out=6, hw=(7, 6))  # grouped, even k, dilated: small
+    x, w, b, taps = _tensors(case, torch.float32, "cuda")
+    geo = _geometry(case)
+
+    def fn(x, w, b):
+        return dcs_conv2d(x, w, b, taps, *geo)
+
+    inputs = tuple(t.detach().requires_grad_() for t in (x, w, b))
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-2, atol=5e-2, rtol=1e-2, fast_mode=True)
+    assert all(count > 0 for count in launch_counts.values()), launch_counts  # the Triton path ran
+    out = fn(*inputs)
+    grad_out = torch.randn_like(out)
+    got = torch.autograd.grad(out, inputs, grad_out)
+    doubles = tuple(t.detach().double().requires_grad_() for t in (x, w, b))
+    reference = torch.autograd.grad(fn(*doubles), doubles, grad_out.double())  # fp64: the PyTorch path
+    for mine, ref in zip(got, reference, strict=True):
+        assert (mine.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+
+
+def _small_dcs_resnet() -> torch.nn.Module:
+    import dcspass
+    from dcspass.models import build_model
+
+    torch.manual_seed(0)
+    model = dcspass.transform(build_model("resnet18", num_classes=10, width=16), policy="index:6", n=2, k=5)
+    return model.cuda().eval()
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_taps_change_under_cuda_graph_replay():
+    """``mode="reduce-overhead"`` records a CUDA graph; every replay must still draw fresh taps (the draw
+    is in the graph, not a constant captured at recording), and the graph has no break."""
+    import dcspass
+
+    torch._dynamo.reset()
+    model = _small_dcs_resnet()
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+    with torch.no_grad():
+        outs = [compiled(x).clone() for _ in range(8)]  # replays overwrite their output buffers: clone
+        replayed = outs[3:]  # warm-up and recording calls first
+        assert any(not torch.allclose(replayed[0], o) for o in replayed[1:]), "a replay reused its taps"
+        with dcspass.frozen_taps(model):
+            eager = model(x)
+            for _ in range(3):
+                torch.testing.assert_close(compiled(x), eager, rtol=1e-3, atol=1e-3)
+    torch._dynamo.reset()
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_recorded_taps_change_under_cuda_graph_replay_and_explain_the_output():
+    """The instrumented model under CUDA graphs: the taps it reports differ between replays, and each
+    call's output is the eager model's under the taps that call reported."""
+    import dcspass
+
+    torch._dynamo.reset()
+    model = _small_dcs_resnet()
+    probe = dcspass.instrument(model)
+    compiled = torch.compile(probe, mode="reduce-overhead", fullgraph=True)
+    x = torch.randn(4, 3, 32, 32, device="cuda")
+    seen = set()
+    with torch.no_grad():
+        for call in range(8):
+            out = compiled(x).clone()
+            taps = {name: t.clone() for name, t in probe.captured_taps.items()}
+            if call < 3:  # warm-up and recording
+                continue
+            seen.add(tuple(tuple(t.tolist()) for t in taps.values()))
+            with dcspass.using_taps(model, taps):
+                torch.testing.assert_close(out, model(x), rtol=1e-3, atol=1e-3)
+    assert len(seen) > 1, "every replay recorded the same taps"
+    torch._dynamo.reset()
