@@ -116,6 +116,7 @@ def _dcs_conv2d_checked_geometry(
     by ``sample_taps`` or set through ``using_taps`` are valid, and checking reads them back from the
     device).
     """
+    x, weight, bias = _autocast(x, weight, bias)
     _check_conv_shapes(x, weight, bias, groups, padding, stride, dilation)
     if not trusted_taps and not torch.compiler.is_compiling():
         validate_taps(taps, weight.shape[-1] ** 2)
@@ -131,6 +132,18 @@ def _dcs_conv2d_checked_geometry(
         groups,
     )
     return out.squeeze(0) if unbatched else out
+
+
+def _autocast(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Under autocast on ``x``'s device, the three in autocast's dtype, as ``F.conv2d`` would compute
+    (the custom op has no autocast rule of its own, so it would see bf16 inputs beside fp32 weights)."""
+    device = x.device.type
+    if not x.is_floating_point() or not torch.is_autocast_enabled(device):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(device)
+    return x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
 
 
 def _check_conv_shapes(

@@ -106,3 +106,30 @@ def test_bad_configs_are_config_errors():
         TrainConfig(method="trades")
     with pytest.raises(dcspass.ConfigError, match="gsat"):
         make_method("trades")
+
+
+def test_dcs_layer_under_autocast_computes_in_bf16_like_conv2d():
+    torch.manual_seed(0)
+    layer = dcspass.DCSConv2d(4, 6, 5, n=2, stride=2, padding=2)
+    x = torch.randn(2, 4, 9, 9).to(memory_format=torch.channels_last)
+    taps = torch.tensor([3, 17])
+    mask = torch.zeros(25).index_fill_(0, taps, 1.0).view(5, 5)
+    with torch.autocast("cpu", torch.bfloat16), dcspass.using_taps(layer, taps):
+        out = layer(x)
+        expected = torch.nn.functional.conv2d(x, layer.weight * mask, layer.bias, 2, 2)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
+    out.float().sum().backward()
+    assert layer.weight.grad.dtype == torch.float32  # the weights stay fp32; autocast casts a copy
+
+
+def test_bf16_channels_last_training_runs_with_fp32_weights(tmp_path):
+    x, y = fashion_mnist_tensors(train=True, limit=64)
+    xe, ye = fashion_mnist_tensors(train=False, limit=16)
+    config = tiny_config("gsat", samples_per_epoch=64, precision="bf16", channels_last=True)
+    result = train(config, TensorDataset(x, y), TensorDataset(xe, ye), tmp_path / "ck.pt", progress=False)
+    assert result.completed and 0 <= result.history[0]["pgd_acc"] <= 1
+    assert all(p.dtype == torch.float32 for p in result.net.parameters())
+    assert result.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(dcspass.ConfigError, match="precision"):
+        TrainConfig(precision="fp16")

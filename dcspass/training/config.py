@@ -21,6 +21,7 @@ __all__ = ["METHODS", "SCHEDULES", "TrainConfig", "build_network"]
 
 METHODS = ("gsat", "pgd_at", "clean")
 SCHEDULES = ("multistep", "cosine")
+PRECISIONS = ("fp32", "bf16")  # bf16: the training step (attack, forward, backward) under bf16 autocast
 
 
 @dataclass
@@ -37,6 +38,8 @@ class TrainConfig:
     Monitoring: each epoch, clean and PGD-``eval_steps`` accuracy on ``eval_examples`` held-out
     examples (paper protocol), expected over ``eval_draws`` fresh draws of taps per chunk of images.
     ``samples_per_epoch`` (None = all) draws a fresh subset each epoch.
+    Speed: ``compile`` (torch.compile), ``precision`` (``"bf16"``: the training step under bf16
+    autocast; weights and optimiser stay fp32), ``channels_last`` (network and batches in that layout).
     """
 
     arch: str = "resnet18"
@@ -68,12 +71,16 @@ class TrainConfig:
     seed: int = 0
     compile: bool = False
     workers: int = 0
+    precision: str = "fp32"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.method == "gsat" and self.policy is None:
             raise ConfigError("method='gsat' trains a DCS network: give a policy (e.g. 'index:6')")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         for name in ("epochs", "batch_size", "attack_steps", "eval_steps", "eval_draws", "n"):

@@ -113,6 +113,8 @@ def train(
 
     torch.manual_seed(config.seed)
     net = build_network(config).to(ctx.device)
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    net = net.to(memory_format=layout)
     optimizer = make_optimizer(net, config)
     scheduler = make_scheduler(optimizer, config)
     history: list[dict[str, Any]] = []
@@ -165,8 +167,12 @@ def train(
         start, cpu_start = time.perf_counter(), time.process_time()
         batches = bar(loader, f"[{name}] epoch {epoch + 1}/{config.epochs}", ctx.is_main and progress)
         for x, y in batches:
-            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
-            loss, logits = method.loss(model, x, y)
+            x, y = (
+                x.to(ctx.device, non_blocking=True, memory_format=layout),
+                y.to(ctx.device, non_blocking=True),
+            )
+            with torch.autocast(ctx.device.type, torch.bfloat16, enabled=config.precision == "bf16"):
+                loss, logits = method.loss(model, x, y)
             if not math.isfinite(float(loss.detach())):
                 raise DCSError(f"[{name}] loss became {float(loss)} at epoch {epoch + 1}; lower --lr")
             optimizer.zero_grad(set_to_none=True)
