@@ -35,6 +35,7 @@ from dcspass.progress import bar, log, quiet
 from dcspass.provenance import provenance
 from dcspass.training import TrainConfig, TrainResult, build_network, paper_protocol_accuracy, train
 from dcspass.training.checkpoint import check_compatible, load_checkpoint, remove_stale_temporaries
+from dcspass.training.config import PRECISIONS
 from dcspass.training.distributed import DistContext, barrier, init_distributed
 
 __all__ = ["Placement", "RecipeSpec", "build_parser", "evaluate_pair", "main", "run"]
@@ -59,7 +60,8 @@ class RecipeSpec:
     """One paper recipe.
 
     ``paper`` holds ``TrainConfig`` fields for the paper-scale run (with ``--data-dir``); ``embedded``
-    the overrides for the embedded default (Fashion-MNIST at CPU scale, no ``--data-dir``).
+    the overrides for the embedded default (Fashion-MNIST at CPU scale, no ``--data-dir``); ``presets``
+    named sets of command-line defaults (``--preset NAME``; flags given on the command line win).
     """
 
     name: str
@@ -69,6 +71,7 @@ class RecipeSpec:
     paper: dict[str, Any]
     embedded: dict[str, Any]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def build_parser(spec: RecipeSpec) -> argparse.ArgumentParser:
@@ -100,7 +103,27 @@ def build_parser(spec: RecipeSpec) -> argparse.ArgumentParser:
     p.add_argument(
         "--quiet", action="store_true", help="no progress bars, stage or epoch lines; only the final summary"
     )
-    p.add_argument("--compile", action="store_true", help="wrap the networks with torch.compile")
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="wrap the networks with torch.compile",
+    )
+    p.add_argument("--precision", choices=PRECISIONS, default=None, help="bf16: train under bf16 autocast")
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="network and batches in NHWC",
+    )
+    p.add_argument(
+        "--examples", type=int, default=None, help="test images both evaluations use (default: the budget's)"
+    )
+    if spec.presets:
+        p.add_argument("--preset", choices=sorted(spec.presets), default=None, help="a named set of defaults")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the resolved configs and data as JSON; train nothing"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=1, help="train and evaluate seeds SEED .. SEED+N-1")
@@ -123,8 +146,17 @@ def build_parser(spec: RecipeSpec) -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(spec: RecipeSpec, argv: Sequence[str]) -> argparse.Namespace:
+    """The recipe's flags, with ``--preset``'s defaults under the ones given on the command line."""
+    parser = build_parser(spec)
+    preset = getattr(parser.parse_known_args(argv)[0], "preset", None)
+    if preset is not None:
+        parser.set_defaults(**spec.presets[preset])
+    return parser.parse_args(argv)
+
+
 def _check_args(args: argparse.Namespace, spec: RecipeSpec) -> None:
-    for flag in ("epochs", "batch_size", "width", "samples_per_epoch", "eval_examples", "n", "k"):
+    for flag in ("epochs", "batch_size", "width", "samples_per_epoch", "eval_examples", "examples", "n", "k"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
@@ -230,6 +262,8 @@ def _configs(args: argparse.Namespace, spec: RecipeSpec, dataset: str) -> tuple[
         "samples_per_epoch": args.samples_per_epoch,
         "eval_examples": args.eval_examples,
         "workers": args.workers,
+        "precision": args.precision,
+        "channels_last": args.channels_last,
     }
     fields.update({k: v for k, v in overrides.items() if v is not None})
     fractions = fields.pop("milestone_fractions", None)
@@ -282,17 +316,19 @@ def evaluate_pair(
     full: bool = True,
     subjects: dict[str, str] | None = None,
     records: dict[str, dict[str, Any]] | None = None,
+    examples: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate the AT baseline and the DCS + GSAT network on the test set; the recipe's evaluation step.
 
     Always: clean and PGD-20 accuracy under the paper protocol (attack with frozen taps, prediction on
-    fresh draws) on the first ``QUICK_EXAMPLES[budget]`` test images, expected over the budget's K
-    (``all_correct_k``) draws, the same numbers for both networks. With ``full`` and ``dcspass.evaluate``
+    fresh draws) on the first ``examples`` (default ``QUICK_EXAMPLES[budget]``) test images, expected
+    over the budget's K (``all_correct_k``) draws, the same numbers for both networks; ``examples`` also
+    sets the images ``dcspass.evaluate`` uses (default: the budget's). With ``full`` and ``dcspass.evaluate``
     available: its report (paper and adaptive protocols, the DCS network's transfer attack from the
     baseline), saved under ``OUT/eval_{at,dcs}/``, with ``subjects[key]`` (model, checkpoint, dataset) in
     its headings and plot titles and ``records[key]`` (its provenance) in the report's config.
     """
-    count = min(QUICK_EXAMPLES[budget], len(test_set))
+    count = min(examples or QUICK_EXAMPLES[budget], len(test_set))
     loader = DataLoader(Subset(test_set, range(count)), batch_size=128)
     results: dict[str, Any] = {"quick": {}, "evaluate": None}
     draws = get_budget(budget).all_correct_k
@@ -328,6 +364,7 @@ def evaluate_pair(
                 device=device,
                 seed=seed,
                 eps=eps,
+                examples=count if examples else None,
                 subject=(subjects or {}).get(key, ""),
             )
         if records and key in records:
@@ -504,7 +541,7 @@ def run(spec: RecipeSpec, argv: Sequence[str] | None = None) -> dict[str, Any] |
     and ``results.md`` then give every seed's figures and their mean +- std across seeds.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(spec).parse_args(argv)
+    args = parse_args(spec, argv)
     _check_args(args, spec)
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
@@ -575,12 +612,39 @@ def _run_seed(
     base_cfg, dcs_cfg = _configs(args, spec, dataset)
     trainings = _trainings(args, base_cfg, dcs_cfg)
     _check_networks(trainings)
+    if args.dry_run:
+        return _dry_run(args, dataset, train_set, test_set, trainings) if ctx.is_main else None
     if ctx.is_main:
         _check_out(args, trainings)
     barrier(ctx)
     message = _placement_message(spec, args.placement, args.n, args.k)
     with quiet(args.quiet):
         return _train_evaluate_report(spec, args, argv, ctx, dataset, train_set, test_set, trainings, message)
+
+
+def _dry_run(
+    args: argparse.Namespace,
+    dataset: str,
+    train_set: Dataset,
+    test_set: Dataset,
+    trainings: list[tuple[str, TrainConfig, str]],
+) -> dict[str, Any]:
+    """What a run with these flags would do, printed as JSON: data, every training config, evaluation."""
+    plan = {
+        "dataset": dataset,
+        "data_dir": str(args.data_dir) if args.data_dir is not None else None,
+        "train_examples": len(train_set),
+        "test_examples": len(test_set),
+        "trainings": {label: cfg.to_dict() for _key, cfg, label in trainings},
+        "evaluation": {
+            "budget": args.budget,
+            "examples": min(args.examples or QUICK_EXAMPLES[args.budget], len(test_set)),
+            "protocols": "clean + PGD-20" if args.quick_eval else "paper and adaptive",
+        },
+        "out": str(args.out),
+    }
+    print(json.dumps(plan, indent=2, default=str))
+    return plan
 
 
 def _train_evaluate_report(
@@ -685,6 +749,7 @@ def _evaluate_and_report(
         base_cfg.alpha,
         full=not args.quick_eval,
         subjects=subjects,
+        examples=args.examples,
         records={
             "at": record("test", model=checkpoints["at"]),
             "dcs": record("test", model=checkpoints["dcs"], transfer=checkpoints["at"]),

@@ -10,6 +10,7 @@ import torch
 
 import dcspass
 from dcspass.data import FASHION_MNIST_DIR
+from dcspass.errors import DataError
 from dcspass.training import build_network
 from recipes import common, paper_rn18, paper_rn50, paper_vit, paper_wrn34
 
@@ -195,3 +196,74 @@ def test_overwrite_replaces_the_old_run_and_quiet_prints_only_the_final_summary(
     assert len(lines) == 1 and lines[0].startswith("[paper_rn18] PGD-AT: clean ")
     draws = dcspass.evaluation.get_budget("smoke").all_correct_k
     assert f"64 test images, expected accuracy over {draws} draws of taps" in lines[0]
+
+
+def test_gpu_preset_resolves_to_the_full_width_bf16_run_and_flags_win(capsys):
+    plan = common.run(paper_rn18.SPEC, ["--preset", "gpu", "--dry-run", "--device", "cpu"])
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(plan, default=str))  # printed as-is
+    assert plan["dataset"] == "fashion_mnist" and plan["train_examples"] == 60_000
+    assert set(plan["trainings"]) == {"pgd_at", "gsat"}  # no Fig. 4a networks
+    for label, cfg in plan["trainings"].items():
+        assert cfg["width"] is None and build_network(cfg).conv1.out_channels == 64, label  # full width
+        assert (cfg["precision"], cfg["channels_last"], cfg["attack_steps"]) == ("bf16", True, 7), label
+        assert cfg["samples_per_epoch"] is None and cfg["epochs"] == paper_rn18.GPU["epochs"], label
+    assert plan["trainings"]["gsat"]["policy"] == "index:6"
+    assert plan["evaluation"] == {"budget": "default", "examples": 1000, "protocols": "paper and adaptive"}
+    overridden = common.run(
+        paper_rn18.SPEC,
+        [
+            "--preset",
+            "gpu",
+            "--dry-run",
+            "--epochs",
+            "1",
+            "--width",
+            "8",
+            "--precision",
+            "fp32",
+            "--examples",
+            "300",
+            "--fig4a",
+        ],
+    )
+    cfg = overridden["trainings"]["gsat"]
+    assert (cfg["epochs"], cfg["width"], cfg["precision"]) == (1, 8, "fp32")
+    assert overridden["evaluation"]["examples"] == 300 and "dcs_clean" in overridden["trainings"]
+
+
+def test_gpu_preset_reads_the_data_dir_it_is_given(tmp_path):
+    with pytest.raises(DataError, match=f"not found in {tmp_path}"):  # never downloads
+        common.run(paper_rn18.SPEC, ["--preset", "gpu", "--dry-run", "--data-dir", str(tmp_path)])
+    plan = common.run(paper_rn18.SPEC, ["--preset", "gpu", "--dry-run", "--data-dir", str(FASHION_MNIST_DIR)])
+    assert plan["data_dir"] == str(FASHION_MNIST_DIR) and plan["test_examples"] == 10_000
+
+
+@pytest.mark.slow
+def test_gpu_preset_runs_at_a_tiny_size_and_reports_its_settings(tmp_path):
+    argv = [
+        "--preset",
+        "gpu",
+        "--epochs",
+        "1",
+        "--width",
+        "4",
+        "--samples-per-epoch",
+        "32",
+        "--examples",
+        "8",
+        "--eval-examples",
+        "8",
+        "--budget",
+        "smoke",
+        "--quick-eval",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--out",
+        str(tmp_path),
+    ]
+    assert common.main(paper_rn18.SPEC, argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["runs"]["dcs"]["config"]["precision"] == "bf16"
+    assert results["evaluation"]["quick"]["dcs"]["examples"] == 8 and results["dataset"] == "fashion_mnist"
