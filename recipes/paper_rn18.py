@@ -54,7 +54,7 @@ EMBEDDED = {
 GPU = {
     "data_dir": FASHION_MNIST_DIR,
     "dataset": "fashion_mnist",
-    "epochs": 5,
+    "epochs": 4,
     "precision": "bf16",
     "channels_last": True,
     "examples": 1000,
