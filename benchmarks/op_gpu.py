@@ -244,11 +244,11 @@ def training_step_candidates(batch: int) -> dict[str, Callable[[], object]]:
 
 
 def _measure(
-    candidates: dict[str, Callable[[], object]], args: argparse.Namespace, cycles_per_ms: float
+    candidates: dict[str, Callable[[], object]], args: argparse.Namespace, cycles_per_ms: float, queue: int
 ) -> tuple[dict[str, dict], dict[str, list[float]]]:
     """GPU/host times per candidate, and the interleaved wall times (ms per call, one per round)."""
     wall = interleaved(candidates, rounds=args.rounds, reps=args.reps)
-    timed = {name: gpu_and_host(fn, args.queue, cycles_per_ms) for name, fn in candidates.items()}
+    timed = {name: gpu_and_host(fn, queue, cycles_per_ms) for name, fn in candidates.items()}
     for name, row in timed.items():
         row["wall_ms"] = statistics.median(wall[name])
     return timed, wall
@@ -270,6 +270,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="synchronised calls per candidate per round")
     parser.add_argument(
         "--queue", type=int, default=50, help="calls queued behind the spin for GPU/host time"
+    )
+    parser.add_argument(
+        "--step-queue", type=int, default=3, help="training steps queued (hundreds of launches each)"
     )
     parser.add_argument("--no-steps", action="store_true", help="skip the ResNet-18 training-step table")
     parser.add_argument("--json", type=Path, help="write every figure, as JSON, to this file")
@@ -314,7 +317,7 @@ def main() -> None:
             candidates, note = layer_candidates(shape, batch)
             if note and note not in report["notes"]:
                 report["notes"].append(note)
-            timed, wall = _measure(candidates, args, cycles_per_ms)
+            timed, wall = _measure(candidates, args, cycles_per_ms, args.queue)
             for name, row in timed.items():
                 row["gpu_vs_masked"] = timed[MASKED]["gpu_ms"] / row["gpu_ms"]
                 row["wall_vs_masked"] = median_ratio(wall, MASKED, name)
@@ -361,7 +364,7 @@ def main() -> None:
             "|---|---|---|---|---|---|",
         ]
         for batch in args.batches:
-            timed, wall = _measure(training_step_candidates(batch), args, cycles_per_ms)
+            timed, wall = _measure(training_step_candidates(batch), args, cycles_per_ms, args.step_queue)
             for mode in MODES:
                 ratio = median_ratio(wall, f"{mode} DCS", f"{mode} plain")
                 for kind in ("plain", "DCS"):
