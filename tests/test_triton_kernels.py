@@ -577,9 +577,12 @@ def _small_dcs_resnet() -> torch.nn.Module:
 def test_gpu_taps_change_under_cuda_graph_replay():
     """``mode="reduce-overhead"`` records a CUDA graph; every replay must still draw fresh taps (the draw
     is in the graph, not a constant captured at recording), and the graph has no break."""
+    from torch._dynamo.utils import counters
+
     import dcspass
 
     torch._dynamo.reset()
+    counters.clear()
     model = _small_dcs_resnet()
     x = torch.randn(4, 3, 32, 32, device="cuda")
     explanation = torch._dynamo.explain(model)(x)
@@ -593,6 +596,7 @@ def test_gpu_taps_change_under_cuda_graph_replay():
             eager = model(x)
             for _ in range(3):
                 torch.testing.assert_close(compiled(x), eager, rtol=1e-3, atol=1e-3)
+    assert counters["inductor"]["cudagraph_skips"] == 0, "Inductor ran without CUDA graphs"
     torch._dynamo.reset()
 
 
