@@ -208,7 +208,7 @@ def _deform(x, w, shape, out_hw, taps):
 def _check_dcs_is_triton_and_correct(dcs, x) -> None:
     """Refuse to time a path that is not the Triton one, or that computes the wrong thing."""
     import dcspass
-    from kernels import op, triton_backend
+    from dcspass.kernels import op, triton_backend
 
     if op._backend(x, dcs.weight, dcs.groups) is not triton_backend:
         sys.exit("the DCS op did not route this call to the Triton backend; nothing to benchmark")

@@ -27,7 +27,7 @@ import time
 import torch
 
 import dcspass
-from kernels import triton_forward
+from dcspass.kernels import triton_forward
 
 K, N = 5, 2
 

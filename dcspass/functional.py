@@ -12,10 +12,9 @@ from collections.abc import Sequence
 
 import torch
 
-from kernels import op as _op
-from kernels.cpu import output_hw
-
 from .errors import ConfigError
+from .kernels import op as _op
+from .kernels.cpu import output_hw
 from .sampling import validate_taps
 
 __all__ = ["dcs_conv2d", "normalize_padding", "pair", "same_padding"]

@@ -28,8 +28,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dcspass import dcs_conv2d
-from kernels import cpu, op, triton_backend, triton_forward, triton_grad_input, triton_grad_weight
-from kernels.triton_common import INTERPRETING, fits_int32
+from dcspass.kernels import cpu, op, triton_backend, triton_forward, triton_grad_input, triton_grad_weight
+from dcspass.kernels.triton_common import INTERPRETING, fits_int32
 
 from ._reference import masked_conv2d
 
