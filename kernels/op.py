@@ -16,7 +16,11 @@ alone.
 kernel and ``taps`` a LongTensor ``[n]`` of positions in it. Inputs are trusted: validation lives in
 ``dcspass.functional.dcs_conv2d``. Each op dispatches at run time to a backend module with the
 functions ``dcs_forward``, ``dcs_grad_input`` and ``dcs_grad_weight``: ``kernels.cpu`` (pure PyTorch,
-every device) unless a faster backend claims the call (``register_backend``).
+every device) unless a faster backend claims the call (``register_backend``). A backend that is costly
+to import (Triton: about a second) is registered as a loader instead (``register_backend_loader``) and
+imported on the first call that could use it, eager or traced, so CPU users never pay for it.
+
+This package is the lowest layer: it imports nothing from the rest of ``dcspass``.
 """
 
 from __future__ import annotations
@@ -29,10 +33,20 @@ from torch import Tensor
 
 from . import cpu
 
-__all__ = ["conv2d", "dcs_conv2d", "dcs_conv2d_grad_input", "dcs_conv2d_grad_weight", "register_backend"]
+__all__ = [
+    "conv2d",
+    "dcs_conv2d",
+    "dcs_conv2d_grad_input",
+    "dcs_conv2d_grad_weight",
+    "register_backend",
+    "register_backend_loader",
+]
 
 # (predicate, backend) pairs, tried in order; the first predicate that accepts the call wins.
 _BACKENDS: list[tuple[Callable[..., bool], ModuleType]] = []
+
+# (wants, load) pairs not loaded yet: ``load()`` registers a backend for inputs where ``wants(t)``.
+_PENDING_LOADERS: list[tuple[Callable[[Tensor], bool], Callable[[], None]]] = []
 
 
 def register_backend(accepts: Callable[..., bool], backend: ModuleType) -> None:
@@ -40,7 +54,24 @@ def register_backend(accepts: Callable[..., bool], backend: ModuleType) -> None:
     _BACKENDS.insert(0, (accepts, backend))
 
 
+def register_backend_loader(wants: Callable[[Tensor], bool], load: Callable[[], None]) -> None:
+    """Run ``load()`` (which calls ``register_backend``) before the first call on a tensor ``wants`` takes.
+
+    Each loader runs at most once. The fake (meta) implementations run it too, so a model compiled
+    before any eager call still traces through the loaded backend's compile rules.
+    """
+    _PENDING_LOADERS.append((wants, load))
+
+
+def _load_backends_for(t: Tensor) -> None:
+    for entry in [entry for entry in _PENDING_LOADERS if entry[0](t)]:
+        _PENDING_LOADERS.remove(entry)
+        entry[1]()
+
+
 def _backend(t: Tensor, weight: Tensor, groups: int) -> ModuleType:
+    if _PENDING_LOADERS:
+        _load_backends_for(t)
     for accepts, backend in _BACKENDS:
         if accepts(t, weight, groups):
             return backend
@@ -83,6 +114,7 @@ def _(x, weight, bias, taps, stride, padding, dilation, groups):
     b, c_in, h, w = x.shape
     hw_out = cpu.output_hw(h, w, weight.shape[-1], stride, padding, dilation)
     n = taps.shape[0]
+    # _backend runs any pending loader first (Triton, on the first CUDA tensor), as the fakes below do.
     keep = _backend(x, weight, groups) is cpu and cpu.keeps_cols(x.shape, weight.shape, n, hw_out, groups)
     cols = x.new_empty(b * hw_out[0] * hw_out[1] * n * c_in if keep else 0)
     return _empty_nchw((b, weight.shape[0], *hw_out), x, _channels_last(x)), cols
@@ -113,6 +145,7 @@ def dcs_conv2d_grad_input(
 
 @dcs_conv2d_grad_input.register_fake
 def _(grad_out, x_size, channels_last, weight, taps, stride, padding, dilation, groups):
+    _load_backends_for(grad_out)
     return _empty_nchw(x_size, grad_out, channels_last)
 
 
@@ -136,6 +169,7 @@ def dcs_conv2d_grad_weight(
 
 @dcs_conv2d_grad_weight.register_fake
 def _(grad_out, x, weight_size, taps, stride, padding, dilation, groups, cols=None):
+    _load_backends_for(x)
     return grad_out.new_empty(weight_size)
 
 

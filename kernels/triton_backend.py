@@ -15,6 +15,10 @@ which AOTAutograd then decomposes into ``triton_kernel_wrapper_functional`` node
 kernels themselves in the graph. Autograd and fake tensors are still those of the public ops
 (``kernels.op``): the rule applies below autograd, to the forward and each backward op separately.
 
+Importing this module registers it (``register()``, at the bottom). ``kernels/__init__.py`` does not
+import it: it registers a loader with ``kernels.op`` that imports it on the first call with a CUDA
+tensor (Triton costs about a second to import).
+
 CPU tensors stay on the PyTorch path. Tests run the kernels on CPU tensors in Triton's interpreter,
 either by calling the launchers directly or inside ``interpreting_on_cpu()``, which makes ``accepts``
 take CPU tensors too.
@@ -30,8 +34,6 @@ import torch
 from torch import Tensor
 from torch._subclasses.functional_tensor import FunctionalTensorMode
 from torch.library import triton_op
-
-from dcspass.errors import ConfigError
 
 from . import cpu, op, triton_forward, triton_grad_input, triton_grad_weight
 from .triton_common import INTERPRETING
@@ -58,11 +60,11 @@ _cpu_claimed = False  # set only by interpreting_on_cpu()
 def interpreting_on_cpu() -> Iterator[None]:
     """Let the backend take CPU tensors, run by Triton's interpreter (for tests without a GPU).
 
-    Raises ``ConfigError`` unless ``TRITON_INTERPRET=1`` was set before Triton was imported.
+    Raises ``RuntimeError`` unless ``TRITON_INTERPRET=1`` was set before Triton was imported.
     """
     global _cpu_claimed
     if not INTERPRETING:
-        raise ConfigError(
+        raise RuntimeError(
             "interpreting_on_cpu() needs Triton's interpreter: set TRITON_INTERPRET=1 before importing "
             "triton (tests/conftest.py does)"
         )
@@ -242,3 +244,6 @@ def register() -> None:
         (op.dcs_conv2d_grad_weight, _grad_weight_ignoring_cols, _grad_weight_qualifies),
     ):
         public.register_torch_dispatch(FunctionalTensorMode, _decompose_into(triton_version, qualifies))
+
+
+register()
