@@ -15,7 +15,7 @@ import torch
 from .errors import ConfigError
 from .kernels import op as _op
 from .kernels.cpu import output_hw
-from .sampling import validate_taps
+from .taps import validate_taps
 
 __all__ = ["dcs_conv2d", "normalize_padding", "pair", "same_padding"]
 

@@ -13,7 +13,7 @@ from torch import nn
 from . import functional
 from .errors import ConfigError
 from .functional import normalize_padding, pair, same_padding
-from .sampling import sample_taps
+from .taps import sample_taps
 from .validation import check_n, positive_int
 
 __all__ = ["DCSConv2d", "DCSConv2dSame"]
