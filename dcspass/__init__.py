@@ -2,13 +2,20 @@
 
 The data path, in the order a model travels it:
     policy selects convs -> Eq. 12 bound check -> rewrite (``transform``) -> ``DCSConv2d``
-    -> ``dcs_conv2d`` op (``torch.ops.dcspass``, ``kernels/``) -> Triton on CUDA / PyTorch on CPU.
+    -> ``dcs_conv2d`` op (``torch.ops.dcspass``, ``dcspass.kernels``) -> Triton on CUDA / PyTorch on CPU.
+
+``import dcspass`` loads that path only (torch and torch.fx). The rest loads on first use (PEP 562
+module ``__getattr__``): ``plan`` / ``Plan`` (networkx), ``evaluate`` / ``Report`` (the evaluation
+engine, torchattacks), ``build_model`` (torchvision models), ``load_dataset`` (torchvision datasets),
+and the subpackages ``training``, ``evaluation``, ``models``, ``data``, ``planning``.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from . import bounds, policies
-from .data import load_dataset
 from .errors import (
     BoundError,
     CheckpointError,
@@ -20,16 +27,47 @@ from .errors import (
     PolicyError,
     TapError,
 )
-from .evaluation import Report, evaluate
 from .functional import dcs_conv2d
 from .instrumentation import instrument
 from .layers import DCSConv2d, DCSConv2dSame
-from .models import build_model
-from .planning import Plan, plan
-from .sampling import dcs_layers, excluding_taps, frozen_taps, sample_taps, using_taps
+from .sampling import dcs_layers, excluding_taps, frozen_taps, using_taps
+from .taps import sample_taps
 from .transformation import transform
 
+if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and IDEs
+    from .data import load_dataset
+    from .evaluation import Report, evaluate
+    from .models import build_model
+    from .planning import Plan, plan
+
 __version__ = "0.1.0"
+
+# Public names that live in a heavy module: name -> the submodule that defines it.
+_LAZY_NAMES = {
+    "Plan": "planning",
+    "Report": "evaluation",
+    "build_model": "models",
+    "evaluate": "evaluation",
+    "load_dataset": "data",
+    "plan": "planning",
+}
+_LAZY_SUBMODULES = ("data", "evaluation", "models", "planning", "training")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+    elif name in _LAZY_SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_NAMES) | set(_LAZY_SUBMODULES))
+
 
 __all__ = [
     "BoundError",
