@@ -49,7 +49,7 @@ def dcs_forward_kernel(
     so_b, so_c, so_h, so_w,  # out [B, C_out, H_out, W_out]
     HAS_BIAS: tl.constexpr, DEPTHWISE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
+):  # fmt: skip
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     group = tl.program_id(2)
@@ -156,5 +156,5 @@ def dcs_forward(
         *x.stride(), *w_taps.stride(), *out.stride(),
         HAS_BIAS=bias is not None, DEPTHWISE=depthwise, INPUT_PRECISION=input_precision(x.dtype),
         UPCAST_DOT=upcast_dot(x.dtype),
-    )
+    )  # fmt: skip
     return out

@@ -51,7 +51,7 @@ def dcs_grad_input_kernel(
     sx_b, sx_c, sx_h, sx_w,  # grad_x [B, C_in, H, W]
     DEPTHWISE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
+):  # fmt: skip
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_gp = tl.program_id(2)
@@ -163,5 +163,5 @@ def dcs_grad_input(
         *grad_out.stride(), *w_taps.stride(), *grad_x.stride(),
         DEPTHWISE=depthwise, INPUT_PRECISION=input_precision(grad_out.dtype),
         UPCAST_DOT=upcast_dot(grad_out.dtype),
-    )
+    )  # fmt: skip
     return grad_x

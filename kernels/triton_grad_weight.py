@@ -66,7 +66,7 @@ def dcs_grad_weight_kernel(
     sp_s, sp_t, sp_o, sp_i,  # partials [SPLITS, n, C_out, C_in/groups], fp32
     DEPTHWISE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_M: tl.constexpr,
-):
+):  # fmt: skip
     pid_tile = tl.program_id(0)
     pid_tg = tl.program_id(1)
     split = tl.program_id(2)
@@ -180,7 +180,7 @@ def dcs_grad_weight(
         *grad_out.stride(), *x.stride(), *partials.stride(),
         DEPTHWISE=depthwise, INPUT_PRECISION=input_precision(x.dtype), UPCAST_DOT=upcast_dot(x.dtype),
         BLOCK_O=block_o, BLOCK_I=block_i,
-    )
+    )  # fmt: skip
     tapped = partials.sum(0).permute(1, 2, 0)  # [C_out, C_in/groups, n]
     grad_w = torch.zeros(weight_shape, dtype=grad_out.dtype, device=grad_out.device)
     grad_w.view(c_out, c_in_g, k * k).index_copy_(2, taps, tapped.to(grad_out.dtype))
