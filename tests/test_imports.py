@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import dcspass
 import dcspass.kernels
@@ -216,3 +217,21 @@ from dcspass.kernels import op, triton_backend
 print(json.dumps({"before": before, "registered": any(b is triton_backend for _, b in op._BACKENDS)}))
 """
     assert _run(code) == {"before": False, "registered": True}
+
+
+def test_a_backend_loader_runs_once_on_the_first_call_it_wants():
+    from dcspass.kernels import op
+
+    loads = []
+    wants = lambda t: t.dtype == torch.float64  # stands for `t.is_cuda`, which needs a GPU
+    op.register_backend_loader(wants, lambda: loads.append(1))
+    try:
+        w, taps = torch.rand(4, 2, 3, 3, dtype=torch.float64), torch.tensor([0, 4])
+        geometry = ([1, 1], [1, 1, 1, 1], [1, 1], 2)
+        op.dcs_conv2d(torch.rand(1, 4, 5, 5), w.float(), None, taps, *geometry)
+        assert loads == []
+        for _ in range(2):
+            op.dcs_conv2d(torch.rand(1, 4, 5, 5, dtype=torch.float64), w, None, taps, *geometry)
+        assert loads == [1]
+    finally:
+        op._PENDING_LOADERS[:] = [entry for entry in op._PENDING_LOADERS if entry[0] is not wants]
