@@ -7,7 +7,7 @@ the ``dcspass`` each one imports is the one installed in its environment (an edi
 at its checkout), never one found in the current directory.
 
     .venv/bin/python benchmarks/import_time.py --rounds 9
-    .venv/bin/python benchmarks/import_time.py --python /other/checkout/.venv/bin/python --python .venv/bin/python
+    .venv/bin/python benchmarks/import_time.py --python ../main/.venv/bin/python --python .venv/bin/python
 
 For the breakdown by module: ``.venv/bin/python -X importtime -c "import dcspass" 2> importtime.txt``.
 """
