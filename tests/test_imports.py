@@ -190,8 +190,7 @@ LAZY_NAMES = {
 
 
 def test_lazy_names_resolve_to_their_definitions():
-    # A fresh interpreter: here the CLI modules dcspass/plan.py and dcspass/evaluate.py, once imported
-    # by other tests, rebind dcspass.plan and dcspass.evaluate to themselves.
+    # A fresh interpreter, where the first access is what loads each module.
     code = f"""
 import importlib, json, dcspass
 same = {{n: getattr(dcspass, n) is getattr(importlib.import_module(m), n) for n, m in {LAZY_NAMES!r}.items()}}
