@@ -109,7 +109,8 @@ def test_the_installed_wheel_works_beside_a_top_level_kernels_package(wheel_env,
         assert Path(got[key]).is_relative_to(env), f"{key} came from {got[key]}, not the venv"
     assert Path(got["dcspass.kernels"]).parent.parent == Path(got["dcspass"]).parent
     assert got["dcs layers"] == ["2"] and got["out"] == [4, 10] and got["finite grad"]
-    assert (env / "bin" / "dcspass").is_file()  # the console script
+    usage = _run(env / "bin" / "dcspass", "--help", cwd=tmp_path).stdout  # the console script
+    assert usage.startswith("usage: dcspass") and "plan" in usage and "evaluate" in usage
 
 
 def test_readme_and_ci_install_the_same_pins_and_run_the_same_tests():
