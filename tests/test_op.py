@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import dcspass
 from dcspass import ConfigError, TapError, dcs_conv2d
-from kernels import cpu
+from dcspass.kernels import cpu
 
 from ._reference import masked_conv2d
 
