@@ -18,8 +18,9 @@ from dcspass.errors import EvaluationError
 from dcspass.evaluation import Budget, compare_gradient_cosine, evaluate, get_budget, plot_cosine_comparison
 from dcspass.evaluation.analyses import gradient_cosine, overlap_classes
 from dcspass.evaluation.attacks import ExpectedModel, pgd
+from dcspass.evaluation.context import EvalContext
 from dcspass.evaluation.draws import DrawRunner, TapSets, all_tap_sets
-from dcspass.evaluation.protocols import EvalContext, known_taps_batch
+from dcspass.evaluation.protocols import known_taps_batch
 from dcspass.evaluation.reference import ROWS, pyautoattack_version
 from dcspass.evaluation.scoring import Accuracy, Scorer
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from dcspass.evaluation import evaluate, get_budget
+from dcspass.evaluation.context import EvalContext
 from dcspass.evaluation.draws import DrawRunner
-from dcspass.evaluation.protocols import EvalContext, adaptive_attacks
+from dcspass.evaluation.protocols import adaptive_attacks
 from dcspass.evaluation.reference import (
     INSTALL_HINT,
     ROWS,

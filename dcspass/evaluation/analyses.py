@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from ..layers import DCSConv2d
 from ..sampling import using_taps
 from .attacks import ExpectedModel, pgd
-from .protocols import EvalContext, batches, one_draw_per_image
+from .context import EvalContext
+from .protocols import batches, one_draw_per_image
 from .scoring import Accuracy, Scorer
 
 __all__ = ["gradient_cosine", "overlap_classes", "sweeps"]

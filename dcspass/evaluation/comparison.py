@@ -22,8 +22,8 @@ from torch import nn
 from ..errors import EvaluationError
 from .analyses import gradient_cosine
 from .budget import Budget, get_budget
+from .context import EvalContext
 from .draws import DrawRunner
-from .protocols import EvalContext
 from .scoring import Accuracy
 
 __all__ = ["compare_gradient_cosine", "cosine_comparison_markdown", "plot_cosine_comparison"]

@@ -16,8 +16,9 @@ from ..progress import stage
 from ..sampling import dcs_layers
 from .analyses import gradient_cosine, sweeps
 from .budget import Budget, get_budget
+from .context import EvalContext
 from .draws import DrawRunner, n_tap_sets
-from .protocols import EvalContext, run_adaptive, run_paper
+from .protocols import run_adaptive, run_paper
 from .reference import pyautoattack_version
 from .report import Report
 from .sanity import check_eps_to_zero, check_finite, check_gradient_free, check_monotone, check_taps_change

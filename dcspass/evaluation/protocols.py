@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import torchattacks
 from torch import nn
 
 from ..progress import bar
-from ..sampling import dcs_layers, frozen_taps
+from ..sampling import dcs_layers
 from .attacks import (
     AttackFn,
     ExpectedModel,
@@ -33,17 +32,15 @@ from .attacks import (
     square,
     torchattacks_attack,
 )
-from .budget import Budget
-from .draws import DrawRunner, all_tap_sets, n_tap_sets
+from .context import EvalContext, frozen_if_random
+from .draws import all_tap_sets, n_tap_sets
 from .reference import reference_attacks
-from .scoring import Accuracy, Scorer
+from .scoring import Accuracy
 
 __all__ = [
     "ADAPTIVE_LABEL",
     "PAPER_LABEL",
-    "EvalContext",
     "ProtocolResult",
-    "frozen_if_random",
     "known_taps_batch",
     "run_adaptive",
     "run_paper",
@@ -51,33 +48,6 @@ __all__ = [
 
 PAPER_LABEL = "paper protocol (attack and prediction use different taps)"
 ADAPTIVE_LABEL = "adaptive protocol (attacks see the tap distribution; each input scored over the tap draw)"
-
-
-@dataclass
-class EvalContext:
-    """What every protocol and analysis needs: the model, its draw runner, the threat model and budget."""
-
-    model: nn.Module
-    runner: DrawRunner
-    eps: float
-    budget: Budget
-    n_classes: int
-    seed: int
-    transfer_source: nn.Module | None = None
-    nonfinite: int = 0
-    scorer: Scorer = field(init=False)
-
-    def __post_init__(self) -> None:
-        b = self.budget
-        limit = b.exact_max_sets if b.score_max_sets is None else b.score_max_sets
-        self.scorer = Scorer(self.runner, limit, b.sample_draws, self.seed)
-
-    @property
-    def randomized(self) -> bool:
-        return not self.runner.deterministic
-
-    def frozen(self) -> contextlib.AbstractContextManager:
-        return frozen_if_random(self.model)
 
 
 @dataclass
@@ -98,11 +68,6 @@ class ProtocolResult:
             "notes": self.notes,
             "seconds": self.seconds,
         }
-
-
-def frozen_if_random(model: nn.Module) -> contextlib.AbstractContextManager:
-    """``frozen_taps(model)``, or a no-op for a model without DCS layers."""
-    return frozen_taps(model) if any(True for _ in dcs_layers(model)) else contextlib.nullcontext()
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

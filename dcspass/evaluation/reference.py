@@ -23,7 +23,6 @@ import io
 import logging
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -31,9 +30,7 @@ from torch import nn
 from ..errors import EvaluationError
 from .attacks import AttackFn
 from .budget import Budget
-
-if TYPE_CHECKING:
-    from .protocols import EvalContext
+from .context import EvalContext
 
 __all__ = ["INSTALL_HINT", "ROWS", "ReferenceAutoAttack", "pyautoattack_version", "reference_attacks"]
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..sampling import dcs_layers
-from .protocols import EvalContext, ProtocolResult
+from .context import EvalContext
+from .protocols import ProtocolResult
 from .stats import paired_difference
 
 __all__ = [
