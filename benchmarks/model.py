@@ -103,8 +103,10 @@ def main() -> None:
     y = torch.randint(0, 10, (args.batch,), device=device)
     now = _timer(device)
     print(f"ResNet-18, policy={args.policy!r}: DCS layers {layers}")
-    print(f"batch {args.batch}, {args.size}x{args.size}, device {device} "
-          f"({torch.get_num_threads()} CPU threads), {args.rounds} interleaved rounds x {args.iters} calls")
+    print(
+        f"batch {args.batch}, {args.size}x{args.size}, device {device} "
+        f"({torch.get_num_threads()} CPU threads), {args.rounds} interleaved rounds x {args.iters} calls"
+    )
     print(f"{'':<14} {'original ms':>12} {'DCS ms':>10} {'median ratio':>13} {'goal':>6}")
     results = {
         "inference": compare(_inference(original, x), _inference(dcs, x), args.rounds, args.iters, now),

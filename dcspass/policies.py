@@ -273,8 +273,6 @@ def select(policy: PolicySpec, sites: Sequence[ConvSite]) -> tuple[list[ConvSite
     chosen = [s for s in matched if s.convertible]
     refused = [s for s in matched if not s.convertible]
     if not chosen:
-        why = (
-            "matches only non-convertible convs" if refused else "matches no conv"
-        )
+        why = "matches only non-convertible convs" if refused else "matches no conv"
         raise PolicyError(f"policy {policy!r} ({rule!r}) {why}.\n" + format_sites(sites))
     return chosen, refused

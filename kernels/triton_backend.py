@@ -161,8 +161,16 @@ def dcs_grad_input(grad_out, x_shape, x_format, weight, taps, stride, padding, d
             grad_out, x_shape, x_format, weight, taps, stride, padding, dilation, groups
         )
     return triton_grad_input.dcs_grad_input(
-        grad_out, tuple(x_shape), x_format, weight, taps, tuple(stride), tuple(padding), tuple(dilation),
-        groups, traceable=False,
+        grad_out,
+        tuple(x_shape),
+        x_format,
+        weight,
+        taps,
+        tuple(stride),
+        tuple(padding),
+        tuple(dilation),
+        groups,
+        traceable=False,
     )
 
 
@@ -171,7 +179,14 @@ def dcs_grad_weight(grad_out, x, weight_shape, taps, stride, padding, dilation, 
     if not triton_grad_weight.supports(grad_out, x):
         return cpu.dcs_grad_weight(grad_out, x, weight_shape, taps, stride, padding, dilation, groups)
     return triton_grad_weight.dcs_grad_weight(
-        grad_out, x, tuple(weight_shape), taps, tuple(stride), tuple(padding), tuple(dilation), groups,
+        grad_out,
+        x,
+        tuple(weight_shape),
+        taps,
+        tuple(stride),
+        tuple(padding),
+        tuple(dilation),
+        groups,
         traceable=False,
     )
 

@@ -82,8 +82,9 @@ def dcs_forward_kernel(
         x_rows = x_img + ih * sx_h + iw * sx_w
         w_tap = w_ptr + t * sw_t
         if DEPTHWISE:
-            xv = tl.load(x_rows[:, None] + co[None, :] * sx_c, mask=row_ok[:, None] & n_ok[None, :],
-                         other=0.0)
+            xv = tl.load(
+                x_rows[:, None] + co[None, :] * sx_c, mask=row_ok[:, None] & n_ok[None, :], other=0.0
+            )
             wv = tl.load(w_tap + co * sw_o, mask=n_ok, other=0.0)
             acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
         else:
@@ -91,10 +92,12 @@ def dcs_forward_kernel(
             c_ok = ci < C_IN_G
             xv = tl.load(
                 x_rows[:, None] + (group * C_IN_G + ci)[None, :] * sx_c,
-                mask=row_ok[:, None] & c_ok[None, :], other=0.0,
+                mask=row_ok[:, None] & c_ok[None, :],
+                other=0.0,
             )
-            wv = tl.load(w_tap + ci[:, None] * sw_i + co[None, :] * sw_o, mask=c_ok[:, None] & n_ok[None, :],
-                         other=0.0)
+            wv = tl.load(
+                w_tap + ci[:, None] * sw_i + co[None, :] * sw_o, mask=c_ok[:, None] & n_ok[None, :], other=0.0
+            )
             acc = dot_acc(xv, wv, acc, INPUT_PRECISION, UPCAST_DOT)
 
     if HAS_BIAS:
@@ -137,8 +140,9 @@ def dcs_forward(
     c_out, c_in_g, k, _ = weight.shape
     left, _, top, _ = padding
     h_out, w_out = output_hw(h, w, k, stride, padding, dilation)
-    out = torch.empty((b, c_out, h_out, w_out), dtype=x.dtype, device=x.device,
-                      memory_format=output_format(x))
+    out = torch.empty(
+        (b, c_out, h_out, w_out), dtype=x.dtype, device=x.device, memory_format=output_format(x)
+    )
     taps = taps.to(device=x.device, dtype=torch.long)
     w_taps = tapped_weight(weight, taps)
     depthwise = is_depthwise(c_out, c_in_g, groups)

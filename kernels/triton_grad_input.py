@@ -93,8 +93,9 @@ def dcs_grad_input_kernel(
             go_rows = go_img + oh * sg_h + ow * sg_w
             w_tap = w_ptr + t * sw_t
             if DEPTHWISE:
-                gv = tl.load(go_rows[:, None] + ci[None, :] * sg_c, mask=row_ok[:, None] & n_ok[None, :],
-                             other=0.0)
+                gv = tl.load(
+                    go_rows[:, None] + ci[None, :] * sg_c, mask=row_ok[:, None] & n_ok[None, :], other=0.0
+                )
                 wv = tl.load(w_tap + ci * sw_o, mask=n_ok, other=0.0)
                 acc += gv.to(tl.float32) * wv.to(tl.float32)[None, :]
             else:
@@ -102,18 +103,27 @@ def dcs_grad_input_kernel(
                     offs_k = c0 + tl.arange(0, BLOCK_K)
                     k_ok = offs_k < C_OUT_G
                     co = group * C_OUT_G + offs_k
-                    gv = tl.load(go_rows[:, None] + co[None, :] * sg_c, mask=row_ok[:, None] & k_ok[None, :],
-                                 other=0.0)
-                    wv = tl.load(w_tap + offs_n[None, :] * sw_i + co[:, None] * sw_o,
-                                 mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+                    gv = tl.load(
+                        go_rows[:, None] + co[None, :] * sg_c, mask=row_ok[:, None] & k_ok[None, :], other=0.0
+                    )
+                    wv = tl.load(
+                        w_tap + offs_n[None, :] * sw_i + co[:, None] * sw_o,
+                        mask=k_ok[:, None] & n_ok[None, :],
+                        other=0.0,
+                    )
                     acc = dot_acc(gv, wv, acc, INPUT_PRECISION, UPCAST_DOT)
 
     gx_ptrs = gx_ptr + (b * sx_b + ih * sx_h + iw * sx_w)[:, None] + ci[None, :] * sx_c
     tl.store(gx_ptrs, acc.to(gx_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-def supports(grad_out: torch.Tensor, x_shape: tuple[int, int, int, int], weight: torch.Tensor,
-             stride: tuple[int, int], groups: int) -> bool:
+def supports(
+    grad_out: torch.Tensor,
+    x_shape: tuple[int, int, int, int],
+    weight: torch.Tensor,
+    stride: tuple[int, int],
+    groups: int,
+) -> bool:
     """Whether the launcher can run this call (int32 offsets, grid limits)."""
     b, c_in, h, w = x_shape
     depthwise = is_depthwise(weight.shape[0], weight.shape[1], groups)
@@ -153,8 +163,11 @@ def dcs_grad_input(
     phase_rows = b * triton.cdiv(h, stride[0]) * triton.cdiv(w, stride[1])  # rows of the largest phase
 
     def grid(meta):
-        return (triton.cdiv(phase_rows, meta["BLOCK_M"]), triton.cdiv(c_in_cols, meta["BLOCK_N"]),
-                grid_groups * stride[0] * stride[1])
+        return (
+            triton.cdiv(phase_rows, meta["BLOCK_M"]),
+            triton.cdiv(c_in_cols, meta["BLOCK_N"]),
+            grid_groups * stride[0] * stride[1],
+        )
 
     (wrap_triton(dcs_grad_input_kernel) if traceable else dcs_grad_input_kernel)[grid](
         grad_out, w_taps, taps, grad_x,

@@ -54,8 +54,10 @@ GPU_CONFIGS = [
 INTERPRETER_CONFIGS = [triton.Config({"BLOCK_M": 32})]
 
 
-@triton.autotune(configs=INTERPRETER_CONFIGS if INTERPRETING else GPU_CONFIGS,
-                 key=["M_TOTAL", "C_IN_G", "C_OUT_G", "N_TAPS", "SPLITS"])
+@triton.autotune(
+    configs=INTERPRETER_CONFIGS if INTERPRETING else GPU_CONFIGS,
+    key=["M_TOTAL", "C_IN_G", "C_OUT_G", "N_TAPS", "SPLITS"],
+)
 @triton.jit
 def dcs_grad_weight_kernel(
     go_ptr, x_ptr, taps_ptr, part_ptr,

@@ -28,10 +28,17 @@ def test_string_spellings(resnet18):
     assert selected(resnet18, "index:2,6") == ["layer1.0.conv1", "layer2.0.conv1"]
     assert selected(resnet18, " index:8 ") == ["layer2.0.downsample.0"]  # the 1x1 projection runs 8th
     assert selected(resnet18, "name:layer*.0.conv1") == [
-        "layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1", "layer4.0.conv1"
+        "layer1.0.conv1",
+        "layer2.0.conv1",
+        "layer3.0.conv1",
+        "layer4.0.conv1",
     ]
     assert selected(resnet18, "name:layer4.?.conv?,conv1") == [
-        "conv1", "layer4.0.conv1", "layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2"
+        "conv1",
+        "layer4.0.conv1",
+        "layer4.0.conv2",
+        "layer4.1.conv1",
+        "layer4.1.conv2",
     ]
 
 
@@ -43,7 +50,10 @@ def test_callable_gets_the_name_and_the_conv(resnet18):
         return conv.stride == (2, 2) and conv.out_channels >= 256
 
     assert selected(resnet18, wide_strided) == [
-        "layer3.0.conv1", "layer3.0.downsample.0", "layer4.0.conv1", "layer4.0.downsample.0"
+        "layer3.0.conv1",
+        "layer3.0.downsample.0",
+        "layer4.0.conv1",
+        "layer4.0.downsample.0",
     ]
     assert len(seen) == 20 and all(t is nn.Conv2d for _, t in seen)
 
@@ -52,7 +62,9 @@ def test_composition(resnet18):
     assert selected(resnet18, Downsample() | Index(2)) == ["conv1", "layer1.0.conv1", *DOWNSAMPLE[1:]]
     assert selected(resnet18, Downsample() & Name("layer*")) == DOWNSAMPLE[1:]
     assert selected(resnet18, Name("layer4*") & ~Downsample() & ~Name("*downsample*")) == [
-        "layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2"
+        "layer4.0.conv2",
+        "layer4.1.conv1",
+        "layer4.1.conv2",
     ]
     # Strings and callables compose with Policy objects on either side.
     assert selected(resnet18, "index:6" | Index(11)) == ["layer2.0.conv1", "layer3.0.conv1"]

@@ -63,10 +63,18 @@ def conv_cases(draw):
     low_w = max(1, dilation[1] * (k - 1) + 1 - padding[0] - padding[1])
     taps = draw(st.permutations(range(k * k)))[: draw(st.integers(1, k * k))]
     return dict(
-        batch=draw(st.integers(1, 2)), c_in=c_in, c_out=c_out, groups=groups, k=k, stride=stride,
-        padding=padding, dilation=dilation, hw=(draw(st.integers(low_h, low_h + 5)),
-                                               draw(st.integers(low_w, low_w + 5))),
-        taps=torch.tensor(taps), channels_last=draw(st.booleans()), bias=draw(st.booleans()),
+        batch=draw(st.integers(1, 2)),
+        c_in=c_in,
+        c_out=c_out,
+        groups=groups,
+        k=k,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        hw=(draw(st.integers(low_h, low_h + 5)), draw(st.integers(low_w, low_w + 5))),
+        taps=torch.tensor(taps),
+        channels_last=draw(st.booleans()),
+        bias=draw(st.booleans()),
     )
 
 
@@ -123,8 +131,9 @@ def test_fp32_matches_pytorch_path_and_masked_conv2d(case):
     got = _triton_all(case, x, w, b, taps, grad_out)
     reference = _cpu_all(case, x, w, b, taps, grad_out)
     oracle = _masked_dense_all(case, x, w, b, taps, grad_out)
-    for name, mine, ref, dense in zip(("output", "grad_input", "grad_weight"), got, reference, oracle,
-                                      strict=True):
+    for name, mine, ref, dense in zip(
+        ("output", "grad_input", "grad_weight"), got, reference, oracle, strict=True
+    ):
         torch.testing.assert_close(mine, ref, **FP32, msg=lambda m, name=name: f"{name} vs kernels.cpu: {m}")
         torch.testing.assert_close(mine, dense, **FP32, msg=lambda m, name=name: f"{name} vs F.conv2d: {m}")
     out, gx, _ = got
@@ -134,16 +143,46 @@ def test_fp32_matches_pytorch_path_and_masked_conv2d(case):
 
 LOW_PRECISION_CASES = {
     "grouped_strided_channels_last": dict(
-        batch=2, c_in=8, c_out=12, groups=2, k=5, stride=(2, 2), padding=(2, 2, 2, 2), dilation=(1, 1),
-        hw=(9, 8), taps=torch.tensor([3, 17]), channels_last=True, bias=True,
+        batch=2,
+        c_in=8,
+        c_out=12,
+        groups=2,
+        k=5,
+        stride=(2, 2),
+        padding=(2, 2, 2, 2),
+        dilation=(1, 1),
+        hw=(9, 8),
+        taps=torch.tensor([3, 17]),
+        channels_last=True,
+        bias=True,
     ),
     "dense_even_k_nchw": dict(
-        batch=2, c_in=6, c_out=5, groups=1, k=4, stride=(1, 2), padding=(1, 2, 2, 1), dilation=(1, 2),
-        hw=(7, 9), taps=torch.tensor([0, 5, 10, 15, 6]), channels_last=False, bias=False,
+        batch=2,
+        c_in=6,
+        c_out=5,
+        groups=1,
+        k=4,
+        stride=(1, 2),
+        padding=(1, 2, 2, 1),
+        dilation=(1, 2),
+        hw=(7, 9),
+        taps=torch.tensor([0, 5, 10, 15, 6]),
+        channels_last=False,
+        bias=False,
     ),
     "depthwise": dict(
-        batch=2, c_in=6, c_out=6, groups=6, k=3, stride=(2, 1), padding=(1, 1, 1, 1), dilation=(1, 1),
-        hw=(8, 7), taps=torch.tensor([4, 0, 8]), channels_last=True, bias=True,
+        batch=2,
+        c_in=6,
+        c_out=6,
+        groups=6,
+        k=3,
+        stride=(2, 1),
+        padding=(1, 1, 1, 1),
+        dilation=(1, 1),
+        hw=(8, 7),
+        taps=torch.tensor([4, 0, 8]),
+        channels_last=True,
+        bias=True,
     ),
 }
 
@@ -168,10 +207,34 @@ def test_low_precision_accumulates_in_fp32(name, dtype):
 MANY_BLOCK_CASES = {
     # 80 input and 72 output channels: several channel blocks and output-channel tiles in every kernel
     # (the hypothesis shapes fit in one block), and two grad-weight tiles each way.
-    "dense": dict(batch=2, c_in=80, c_out=72, groups=1, k=5, stride=(2, 2), padding=(2, 2, 2, 2),
-                  dilation=(1, 1), hw=(7, 6), taps=torch.tensor([24, 0, 12]), channels_last=True, bias=True),
-    "depthwise": dict(batch=2, c_in=40, c_out=40, groups=40, k=3, stride=(1, 1), padding=(1, 1, 1, 1),
-                      dilation=(1, 1), hw=(5, 6), taps=torch.tensor([1, 7]), channels_last=False, bias=True),
+    "dense": dict(
+        batch=2,
+        c_in=80,
+        c_out=72,
+        groups=1,
+        k=5,
+        stride=(2, 2),
+        padding=(2, 2, 2, 2),
+        dilation=(1, 1),
+        hw=(7, 6),
+        taps=torch.tensor([24, 0, 12]),
+        channels_last=True,
+        bias=True,
+    ),
+    "depthwise": dict(
+        batch=2,
+        c_in=40,
+        c_out=40,
+        groups=40,
+        k=3,
+        stride=(1, 1),
+        padding=(1, 1, 1, 1),
+        dilation=(1, 1),
+        hw=(5, 6),
+        taps=torch.tensor([1, 7]),
+        channels_last=False,
+        bias=True,
+    ),
 }
 
 
@@ -194,9 +257,11 @@ def test_many_channel_blocks(name):
 def launch_counts(monkeypatch):
     """Count calls of the three launchers (still running them)."""
     counts = {"forward": 0, "grad_input": 0, "grad_weight": 0}
-    for module, fn, key in ((triton_forward, "dcs_forward", "forward"),
-                            (triton_grad_input, "dcs_grad_input", "grad_input"),
-                            (triton_grad_weight, "dcs_grad_weight", "grad_weight")):
+    for module, fn, key in (
+        (triton_forward, "dcs_forward", "forward"),
+        (triton_grad_input, "dcs_grad_input", "grad_input"),
+        (triton_grad_weight, "dcs_grad_weight", "grad_weight"),
+    ):
         original = getattr(module, fn)
 
         def counted(*args, _original=original, _key=key, **kwargs):
@@ -256,8 +321,9 @@ def test_offsets_beyond_int32_are_not_supported():
     assert not fits_int32(big)
     assert not triton_forward.supports(big, w)
     assert not triton_grad_weight.supports(big, big)
-    assert not triton_grad_input.supports(torch.empty(1, 4, 5, 5, device="meta"), (2**16, 2**15 + 1, 1, 1),
-                                          w, (1, 1), 1)
+    assert not triton_grad_input.supports(
+        torch.empty(1, 4, 5, 5, device="meta"), (2**16, 2**15 + 1, 1, 1), w, (1, 1), 1
+    )
     assert triton_forward.supports(torch.empty(8, 64, 32, 32, device="meta"), w)
 
 
@@ -342,14 +408,21 @@ def _traced_kernel_names() -> list[dict]:
         g = torch.empty(2, 12, 5, 5, device="cuda").to(memory_format=torch.channels_last)
         aot_function(lambda x, w, t: op.dcs_conv2d(x, w, None, t, *geo), keep)(x, w, taps)
         aot_function(lambda g, w, t: op.dcs_conv2d_grad_input(g, list(x.shape), True, w, t, *geo), keep)(
-            g, w, taps)
+            g, w, taps
+        )
         aot_function(lambda g, x, t: op.dcs_conv2d_grad_weight(g, x, list(w.shape), t, *geo), keep)(
-            g, x, taps)
+            g, x, taps
+        )
     return graphs
 
 
-POINTER_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int64: "i64",
-                 torch.int32: "i32"}
+POINTER_TYPES = {
+    torch.bfloat16: "bf16",
+    torch.float16: "fp16",
+    torch.float32: "fp32",
+    torch.int64: "i64",
+    torch.int32: "i32",
+}
 
 
 def _captured_launches(launch) -> list[tuple]:
@@ -399,9 +472,11 @@ def _compiled_like_a_launch(kernel, args, kwargs) -> dict:
             signature[name] = "i32"
             if value % 16 == 0:
                 attrs[(index,)] = [["tt.divisibility", 16]]
-    compiled = triton.compile(ASTSource(fn=jit, signature=signature, constexprs=constants, attrs=attrs),
-                              target=GPUTarget(*H100),
-                              options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+    compiled = triton.compile(
+        ASTSource(fn=jit, signature=signature, constexprs=constants, attrs=attrs),
+        target=GPUTarget(*H100),
+        options={"num_warps": config.num_warps, "num_stages": config.num_stages},
+    )
     ptx = compiled.asm["ptx"]
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     with tempfile.TemporaryDirectory() as tmp:
@@ -429,12 +504,14 @@ def _real_compiler_report() -> None:
     half = dict(device="meta", dtype=torch.float16)
     xd = torch.empty(128, 96, 16, 16, **half).to(memory_format=torch.channels_last)
     wd = torch.empty(96, 1, 3, 3, **half)
-    launches = _captured_launches(lambda: (
-        triton_forward.dcs_forward(x, w, None, taps, *geo),
-        triton_grad_input.dcs_grad_input(g, tuple(x.shape), torch.channels_last, w, taps, *geo),
-        triton_grad_weight.dcs_grad_weight(g, x, tuple(w.shape), taps, *geo),
-        triton_forward.dcs_forward(xd, wd, None, taps, (1, 1), (1, 1, 1, 1), (1, 1), 96),
-    ))
+    launches = _captured_launches(
+        lambda: (
+            triton_forward.dcs_forward(x, w, None, taps, *geo),
+            triton_grad_input.dcs_grad_input(g, tuple(x.shape), torch.channels_last, w, taps, *geo),
+            triton_grad_weight.dcs_grad_weight(g, x, tuple(w.shape), taps, *geo),
+            triton_forward.dcs_forward(xd, wd, None, taps, (1, 1), (1, 1, 1, 1), (1, 1), 96),
+        )
+    )
     names = ["forward bf16", "grad_input bf16", "grad_weight bf16", "forward fp16 depthwise"]
     compiled = {name: _compiled_like_a_launch(*launch) for name, launch in zip(names, launches, strict=True)}
     print(json.dumps({"graphs": _traced_kernel_names(), "compiled": compiled}))
@@ -445,8 +522,9 @@ def real_compiler_report() -> dict:
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     root = Path(__file__).resolve().parents[1]
     code = "from tests.test_triton_kernels import _real_compiler_report; _real_compiler_report()"
-    result = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -478,12 +556,48 @@ def test_kernels_compile_for_h100_with_tensor_cores_and_no_spills(real_compiler_
 
 
 GPU_CASES = [
-    dict(batch=4, c_in=64, c_out=128, groups=1, k=5, stride=(2, 2), padding=(2, 2, 2, 2), dilation=(1, 1),
-         hw=(32, 32), taps=torch.tensor([3, 17]), channels_last=True, bias=False),
-    dict(batch=3, c_in=24, c_out=36, groups=3, k=4, stride=(1, 2), padding=(1, 2, 2, 1), dilation=(2, 1),
-         hw=(13, 11), taps=torch.tensor([0, 5, 9, 15, 2]), channels_last=False, bias=True),
-    dict(batch=2, c_in=40, c_out=40, groups=40, k=3, stride=(2, 2), padding=(1, 1, 1, 1), dilation=(1, 1),
-         hw=(15, 16), taps=torch.tensor([4, 8]), channels_last=True, bias=True),
+    dict(
+        batch=4,
+        c_in=64,
+        c_out=128,
+        groups=1,
+        k=5,
+        stride=(2, 2),
+        padding=(2, 2, 2, 2),
+        dilation=(1, 1),
+        hw=(32, 32),
+        taps=torch.tensor([3, 17]),
+        channels_last=True,
+        bias=False,
+    ),
+    dict(
+        batch=3,
+        c_in=24,
+        c_out=36,
+        groups=3,
+        k=4,
+        stride=(1, 2),
+        padding=(1, 2, 2, 1),
+        dilation=(2, 1),
+        hw=(13, 11),
+        taps=torch.tensor([0, 5, 9, 15, 2]),
+        channels_last=False,
+        bias=True,
+    ),
+    dict(
+        batch=2,
+        c_in=40,
+        c_out=40,
+        groups=40,
+        k=3,
+        stride=(2, 2),
+        padding=(1, 1, 1, 1),
+        dilation=(1, 1),
+        hw=(15, 16),
+        taps=torch.tensor([4, 8]),
+        channels_last=True,
+        bias=True,
+    ),
 ]
 
 
@@ -502,7 +616,6 @@ def test_gpu_kernels_match_pytorch_path(case, dtype, monkeypatch):
     for mine, ref in zip(got, reference, strict=True):
         bound = (1e-5 if dtype == torch.float32 else LOW_PRECISION[dtype]) * ref.abs().max().item()
         assert (mine.double() - ref).abs().max().item() <= bound
-
 
 
 @pytest.mark.gpu
