@@ -13,6 +13,7 @@ and the subpackages ``training``, ``evaluation``, ``models``, ``data``, ``planni
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from . import bounds, policies
@@ -66,7 +67,11 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_NAMES) | set(_LAZY_SUBMODULES))
+    # The public names and dcspass's own submodules; not the helpers this file imports (importlib, Any).
+    submodules = {
+        n for n, v in globals().items() if isinstance(v, ModuleType) and v.__name__.startswith(f"{__name__}.")
+    }
+    return sorted(set(__all__) | set(_LAZY_SUBMODULES) | submodules)
 
 
 __all__ = [
