@@ -10,8 +10,12 @@ Shapes (batch 64 unless ``--batch``; k = 5):
 
 Each candidate runs forward and ``torch.autograd.grad`` of a fixed random ``grad_out`` with respect to
 the input and the weight (no ``.grad`` accumulation, which is no part of a layer's cost), in NCHW and
-in channels_last. Candidates run interleaved (``_timing.compare``); ratios are medians of per-round
-ratios. Beside them: the DCS layer's achieved GFLOP/s (its three GEMMs, ``2*M*N*K`` each) and, from
+in channels_last. A fourth row, the GEMM floor, runs the DCS layer's three GEMMs alone (forward,
+grad-input, grad-weight) on warm, preallocated operands and outputs: no gather, no scatter, no
+allocation, no autograd. Its ratio against the masked dense conv is the ceiling of this design (one
+GEMM per pass) on the machine at hand; the DCS row's distance to it is what data movement, memory
+allocation and dispatch cost. Candidates run interleaved (``_timing.compare``); ratios are medians of
+per-round ratios. Beside them: the DCS layer's achieved GFLOP/s (its three GEMMs, ``2*M*N*K`` each) and, from
 ``torch.profiler`` over a few calls, the share of its time in GEMMs, in data movement (copies, fills,
 adds, index ops) and in the rest.
 
@@ -61,6 +65,7 @@ SHAPES = {
 DCS = "DCSConv2d"
 MASKED = "masked dense 5x5 conv"
 CONV3 = "3x3 conv (replaced)"
+FLOOR = "GEMM floor (DCS's 3 GEMMs alone)"
 
 
 def main() -> None:
@@ -98,9 +103,12 @@ def run_shape(shape: Shape, batch: int, fmt_name: str, fmt: torch.memory_format,
         result,
     )
     shares = time_shares(fns[DCS])
+    floor_s = result[FLOOR]["median_s"]
     print(
-        f"DCS: {gemm_flop / dcs_s / 1e9:.1f} GFLOP/s over its 3 GEMMs ({gemm_flop / 1e9:.2f} GFLOP); "
-        f"FLOP limit vs masked dense {K * K / shape.n:.1f}x; time in GEMMs {shares['gemm']:.0%}, "
+        f"DCS: {gemm_flop / dcs_s / 1e9:.1f} GFLOP/s over its 3 GEMMs ({gemm_flop / 1e9:.2f} GFLOP; "
+        f"the GEMMs alone run at {gemm_flop / floor_s / 1e9:.1f}); "
+        f"FLOP limit vs masked dense {K * K / shape.n:.1f}x; "
+        f"DCS takes {dcs_s / floor_s:.2f}x its GEMM floor; time in GEMMs {shares['gemm']:.0%}, "
         f"data movement {shares['move']:.0%}, other {shares['other']:.0%} (profiler, self CPU time)"
     )
 
@@ -124,7 +132,17 @@ def candidates(x: torch.Tensor, shape: Shape) -> dict:
     def run_conv3():
         torch.autograd.grad(dense3(x), (x, dense3.weight), grad_out)
 
-    return {MASKED: run_masked, CONV3: run_conv3, DCS: run_dcs}
+    # A DCS fwd+bwd's three GEMMs ([M, n*C_in] x [n*C_in, C_out] and its two transposes) and nothing else.
+    m, kn = x.shape[0] * hw_out * hw_out, n * c_in
+    cols, w_taps, g = torch.randn(m, kn), torch.randn(kn, c_out), torch.randn(m, c_out)
+    out, grad_cols, grad_w = torch.empty(m, c_out), torch.empty(m, kn), torch.empty(kn, c_out)
+
+    def run_floor():
+        torch.mm(cols, w_taps, out=out)
+        torch.mm(g, w_taps.t(), out=grad_cols)
+        torch.mm(cols.t(), g, out=grad_w)
+
+    return {MASKED: run_masked, CONV3: run_conv3, DCS: run_dcs, FLOOR: run_floor}
 
 
 def _format(x: torch.Tensor) -> torch.memory_format:
