@@ -115,7 +115,8 @@ def _(x, weight, bias, taps, stride, padding, dilation, groups):
     hw_out = cpu.output_hw(h, w, weight.shape[-1], stride, padding, dilation)
     n = taps.shape[0]
     # _backend runs any pending loader first (Triton, on the first CUDA tensor), as the fakes below do.
-    keep = _backend(x, weight, groups) is cpu and cpu.keeps_cols(x.shape, weight.shape, n, hw_out, groups)
+    on_cpu_path = _backend(x, weight, groups) is cpu
+    keep = on_cpu_path and cpu.keeps_cols(x.shape, weight.shape, n, hw_out, groups, x.element_size())
     cols = x.new_empty(b * hw_out[0] * hw_out[1] * n * c_in if keep else 0)
     return _empty_nchw((b, weight.shape[0], *hw_out), x, _channels_last(x)), cols
 

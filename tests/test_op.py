@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -113,6 +115,52 @@ def test_all_taps_equal_conv2d(case):
 @given(conv_cases(full=False))
 def test_subset_of_taps_equals_masked_conv2d(case):
     _check_against(case, masked_conv2d)
+
+
+@contextmanager
+def _chunking(chunk_bytes: int):
+    """Force the CPU path to work a few images at a time, whatever the size of its buffers."""
+    saved = cpu.CHUNK_FROM_BYTES, cpu.CHUNK_BYTES
+    cpu.CHUNK_FROM_BYTES, cpu.CHUNK_BYTES = 0, chunk_bytes
+    try:
+        yield
+    finally:
+        cpu.CHUNK_FROM_BYTES, cpu.CHUNK_BYTES = saved
+
+
+@given(conv_cases(full=False), st.integers(1, 3000))
+def test_chunked_batches_equal_masked_conv2d(case, chunk_bytes):
+    """Each pass over chunks of the batch (a remainder included) gives the same values and gradients."""
+    with _chunking(chunk_bytes):
+        _check_against({**case, "batch": case["batch"] + 2}, masked_conv2d)
+
+
+def test_batches_are_chunked_only_when_their_cols_reach_the_limit():
+    """fp32, n=2, batch 64 of 64 x 32 x 32: cols are 2*64*4 bytes per output position and image."""
+    x_shape, per_position = (64, 64, 32, 32), 2 * 64 * 4
+    assert 64 * 16 * 16 * per_position < cpu.CHUNK_FROM_BYTES  # stride 2: 8 MiB, one pass
+    assert cpu.images_per_chunk(x_shape, 2, (16, 16), 4) == 64
+    per_image = 32 * 32 * per_position  # stride 1: 32 MiB, in chunks
+    assert 64 * per_image >= cpu.CHUNK_FROM_BYTES
+    assert cpu.images_per_chunk(x_shape, 2, (32, 32), 4) == cpu.CHUNK_BYTES // per_image
+    assert cpu.images_per_chunk((3, 64, 512, 512), 2, (512, 512), 4) == 1  # one image over CHUNK_BYTES
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_chunked_forward_keeps_no_cols_and_passes_opcheck(channels_last):
+    x = torch.randn(5, 4, 9, 8)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    w = torch.randn(6, 2, 5, 5, requires_grad=True)
+    b = torch.randn(6, requires_grad=True)
+    args = (x.requires_grad_(), w, b, torch.tensor([2, 13]), [2, 2], [2, 2, 1, 2], [1, 1], 2)
+    with _chunking(200):
+        assert cpu.images_per_chunk(x.shape, 2, (5, 4), 4) == 1
+        _out, cols = torch.ops.dcspass.dcs_conv2d(*args)
+        assert cols.numel() == 0
+        torch.library.opcheck(torch.ops.dcspass.dcs_conv2d.default, args)
+    _out, cols = torch.ops.dcspass.dcs_conv2d(*args)
+    assert cols.numel() > 0  # the same call in one pass keeps them
 
 
 def test_weight_gradient_is_zero_off_the_taps():
