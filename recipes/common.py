@@ -30,11 +30,12 @@ from dcspass import bounds
 from dcspass.data import FASHION_MNIST_DIR, dataset_info, fashion_mnist_tensors, load_dataset
 from dcspass.errors import ConfigError, DCSError
 from dcspass.evaluation import get_budget
+from dcspass.files import remove_stale_temporaries, write_text_atomic
 from dcspass.preflight import output_dir
 from dcspass.progress import bar, log, quiet
 from dcspass.provenance import provenance
 from dcspass.training import TrainConfig, TrainResult, build_network, paper_protocol_accuracy, train
-from dcspass.training.checkpoint import check_compatible, load_checkpoint, remove_stale_temporaries
+from dcspass.training.checkpoint import check_compatible, load_checkpoint
 from dcspass.training.config import PRECISIONS
 from dcspass.training.distributed import DistContext, barrier, init_distributed
 
@@ -220,6 +221,19 @@ def _check_out(args: argparse.Namespace, trainings: list[tuple[str, TrainConfig,
         raise ConfigError(
             f"--out {args.out} already holds {finished} ({names}); pass --resume to continue it, or "
             "--overwrite (or another --out) to start afresh"
+        )
+
+
+def _check_seeds_summary(args: argparse.Namespace) -> None:
+    """``--seeds N > 1`` writes ``OUT/results.json`` at the end: refuse, before any training, an ``OUT``
+    that already holds a run's results or checkpoints, which that file would overwrite or mix with."""
+    held = [args.out / RESULTS] + [args.out / f"{label}.pt" for label in CHECKPOINT_LABELS]
+    held = [path for path in held if path.exists()]
+    if held:
+        raise ConfigError(
+            f"--out {args.out} already holds a run ({', '.join(path.name for path in held)}) that the "
+            f"{args.seeds}-seed summary would overwrite; pass --resume to continue a multi-seed run there, "
+            "or --overwrite (or another --out) to start afresh"
         )
 
 
@@ -504,7 +518,7 @@ def _write_markdown(path: Path, payload: dict[str, Any]) -> None:
         for key, label in (("at", "PGD-AT baseline"), ("dcs", "DCS + GSAT")):
             body = payload["evaluation"]["evaluate_markdown"][key]
             lines += [f"### {label} (full report in `eval_{key}/`)", "", body, ""]
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def _plot_curves(path: Path, runs: dict[str, TrainResult]) -> None:
@@ -548,6 +562,8 @@ def run(spec: RecipeSpec, argv: Sequence[str] | None = None) -> dict[str, Any] |
     ctx = init_distributed(args.device)
     if args.seeds == 1:
         return _run_seed(spec, args, argv, ctx)
+    if not (args.dry_run or args.resume or args.overwrite):
+        _check_seeds_summary(args)  # on every rank (it only reads), so all of them stop together
     payloads = []
     for seed in range(args.seed, args.seed + args.seeds):
         seed_args = argparse.Namespace(**{**vars(args), "seed": seed, "out": args.out / f"seed_{seed}"})
@@ -555,8 +571,8 @@ def run(spec: RecipeSpec, argv: Sequence[str] | None = None) -> dict[str, Any] |
     if not ctx.is_main:
         return None
     summary = seed_summary(payloads)
-    (args.out / "results.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    (args.out / "results.md").write_text(seed_markdown(spec, summary))
+    write_text_atomic(args.out / "results.json", json.dumps(summary, indent=2, default=str) + "\n")
+    write_text_atomic(args.out / "results.md", seed_markdown(spec, summary))
     print(f"[{spec.name}] wrote {args.out / 'results.json'} and results.md ({args.seeds} seeds)")
     return summary
 
@@ -786,7 +802,7 @@ def _evaluate_and_report(
         "evaluation": evaluation,
         "notes": list(spec.notes),
     }
-    (args.out / "results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    write_text_atomic(args.out / "results.json", json.dumps(payload, indent=2, default=str) + "\n")
     _write_markdown(args.out / "results.md", payload)
     _plot_curves(args.out / "curves.png", runs)
     at, dcs = evaluation["quick"]["at"], evaluation["quick"]["dcs"]

@@ -18,8 +18,9 @@ import torch
 from torch.utils.data import TensorDataset
 
 from dcspass.data import FASHION_MNIST_DIR, fashion_mnist_tensors
+from dcspass.files import stale_temporaries
 from dcspass.training import train
-from dcspass.training.checkpoint import load_checkpoint, save_checkpoint, stale_temporaries
+from dcspass.training.checkpoint import load_checkpoint, save_checkpoint
 from recipes import common, paper_rn18
 
 from ._tiny import tiny_config

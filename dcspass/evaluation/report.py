@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import write_text_atomic
 from .protocols import ProtocolResult
 from .sanity import SanityCheck
 from .scoring import Accuracy
@@ -167,12 +168,13 @@ class Report:
         return lines
 
     def save(self, out_dir: str | Path) -> Path:
-        """Write ``report.json``, ``report.md`` and the PNGs into ``out_dir`` (created); returns it."""
+        """Write ``report.json``, ``report.md`` (each atomically) and the PNGs into ``out_dir`` (created);
+        returns it."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         plots = self.plot(out)
-        (out / "report.json").write_text(json.dumps(self.to_dict(), indent=2, default=float))
-        (out / "report.md").write_text(self.to_markdown({k: Path(v).name for k, v in plots.items()}))
+        write_text_atomic(out / "report.json", json.dumps(self.to_dict(), indent=2, default=float))
+        write_text_atomic(out / "report.md", self.to_markdown({k: Path(v).name for k, v in plots.items()}))
         return out
 
     def plot(self, out_dir: str | Path) -> dict[str, str]:

@@ -8,9 +8,7 @@ Format (docs/architecture.md): ``{"format": "dcspass-checkpoint-v1", "config": T
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from ..files import write_atomic
 from .config import TrainConfig, build_network
 
 __all__ = [
@@ -26,7 +25,6 @@ __all__ = [
     "capture_rng",
     "load_checkpoint",
     "load_model",
-    "remove_stale_temporaries",
     "restore_rng",
     "save_checkpoint",
 ]
@@ -74,39 +72,13 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def stale_temporaries(path: str | Path) -> list[Path]:
-    """Temporary files a killed ``save_checkpoint`` of ``path`` left beside it (``.NAME.*.tmp``)."""
-    path = Path(path)
-    return sorted(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []
-
-
-def remove_stale_temporaries(path: str | Path) -> list[Path]:
-    """Delete what ``stale_temporaries`` finds; returns the removed paths. Run on every save and resume."""
-    removed = stale_temporaries(path)
-    for tmp in removed:
-        tmp.unlink(missing_ok=True)
-    return removed
-
-
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` (plus the format tag) to ``path`` atomically: temp file, fsync, ``os.replace``.
 
     A run killed mid-write leaves the previous checkpoint intact, never a truncated one; the temporary
     file such a kill leaves is removed by the next save (or resume) of the same path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

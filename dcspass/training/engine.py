@@ -21,15 +21,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..errors import ConfigError, DCSError
+from ..files import remove_stale_temporaries
 from ..progress import bar, log, stage
-from .checkpoint import (
-    capture_rng,
-    check_compatible,
-    load_checkpoint,
-    remove_stale_temporaries,
-    restore_rng,
-    save_checkpoint,
-)
+from .checkpoint import capture_rng, check_compatible, load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainConfig, build_network
 from .distributed import DistContext, EpochSampler, all_reduce_sum, barrier, init_distributed
 from .methods import make_method
