@@ -17,6 +17,7 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from torch import nn
 
@@ -136,7 +137,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise EvaluationError(f"--{flag.replace('_', '-')} must be an integer >= 1, got {value}")
     device = resolve_device(args.device)
-    output_dir(args.out)  # before the evaluation, not when saving after it
+    _check_report_out(output_dir(args.out), args.overwrite)  # before the evaluation, not after it
     model, config = load_model(args.checkpoint, map_location=device)
     name = args.dataset or config.get("dataset")
     info = dataset_info(name)
@@ -184,6 +185,16 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     print(report.to_markdown())
     print(f"wrote {out / 'report.json'}, {out / 'report.md'} and plots", file=sys.stderr)
     return 0
+
+
+def _check_report_out(out: Path, overwrite: bool) -> None:
+    """Refuse to evaluate into an ``--out`` that holds a report unless ``--overwrite`` says to replace it."""
+    held = [out / name for name in ("report.json", "report.md") if (out / name).exists()]
+    if held and not overwrite:
+        raise ConfigError(
+            f"--out {out} already holds a report ({', '.join(path.name for path in held)}); pass "
+            "--overwrite to replace it, or choose another --out"
+        )
 
 
 def _subcommand(
@@ -248,6 +259,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--no-analyses", action="store_true", help="skip gradient similarity and strength sweeps")
     e.add_argument("--quiet", action="store_true", help="no progress bars or stage lines on stderr")
     e.add_argument("--out", required=True, help="output folder for report.json, report.md and PNGs")
+    e.add_argument("--overwrite", action="store_true", help="replace the report already in --out")
     e.set_defaults(run=_run_evaluate)
     return parser
 

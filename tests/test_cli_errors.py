@@ -117,6 +117,17 @@ def test_finished_run_in_out_is_never_overwritten_silently(tmp_path):
 
 
 @needs_fmnist
+def test_multi_seed_run_never_overwrites_a_single_seed_run(tmp_path):
+    out = tmp_path / "run"
+    _recipe_checkpoints(out, RECIPE[2:])
+    (out / "results.json").write_text("{}\n")
+    before = _snapshot(tmp_path)
+    proc = _run(tmp_path, *RECIPE, "--seeds", "2", "--out", str(out))
+    _one_line_error(proc, "2-seed summary would overwrite", "results.json", "--resume", "--overwrite")
+    assert _snapshot(tmp_path) == before
+
+
+@needs_fmnist
 def test_resume_checks_each_network_against_its_own_config(tmp_path):
     out = tmp_path / "run"
     _recipe_checkpoints(out, [*RECIPE[2:], "--n", "2"])
@@ -161,6 +172,22 @@ def test_evaluate_checks_out_before_evaluating(tmp_path):
     proc = _run(tmp_path, "-m", "dcspass", "evaluate", "--checkpoint", str(checkpoint), "--device", "cpu",
                 "--budget", "smoke", "--out", str(tmp_path / "taken"))  # fmt: skip
     _one_line_error(proc, f"--out {tmp_path / 'taken'} is an existing file")
+    assert _snapshot(tmp_path) == before
+
+
+def test_evaluate_never_overwrites_a_report_silently(tmp_path):
+    (tmp_path / "m.pt").write_text("hello\n")  # unparsable: evaluation stops there once --out passes
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "report.json").write_text("{}\n")
+    before = _snapshot(tmp_path)
+    argv = ["-m", "dcspass", "evaluate", "--checkpoint", str(tmp_path / "m.pt"), "--device", "cpu"]
+    proc = _run(tmp_path, *argv, "--out", str(out))
+    _one_line_error(proc, f"--out {out} already holds a report (report.json)", "--overwrite", "another --out")
+    assert _snapshot(tmp_path) == before
+    # --overwrite passes that check: the next one, the checkpoint, is what fails now.
+    proc = _run(tmp_path, *argv, "--out", str(out), "--overwrite")
+    _one_line_error(proc, "m.pt cannot be parsed")
     assert _snapshot(tmp_path) == before
 
 
