@@ -198,12 +198,17 @@ def _check_networks(trainings: list[tuple[str, TrainConfig, str]]) -> None:
             build_network(cfg)
 
 
-def _check_out(args: argparse.Namespace, trainings: list[tuple[str, TrainConfig, str]]) -> None:
+def _check_out(
+    args: argparse.Namespace, trainings: list[tuple[str, TrainConfig, str]], is_main: bool = True
+) -> None:
     """What ``--out`` already holds: refuse a silent overwrite; under ``--resume``, check each checkpoint
-    against the config of the network that will continue it; under ``--overwrite``, remove the old run."""
+    against the config of the network that will continue it; under ``--overwrite``, remove the old run
+    (``is_main`` only). Every rank runs the checks, so a refusal stops all of them, not rank 0 alone."""
     held = [args.out / f"{label}.pt" for label in CHECKPOINT_LABELS] + [args.out / RESULTS]
     held = [path for path in held if path.exists()]
     if args.overwrite:
+        if not is_main:
+            return
         for path in held:
             path.unlink()
         for label in CHECKPOINT_LABELS:
@@ -567,7 +572,15 @@ def run(spec: RecipeSpec, argv: Sequence[str] | None = None) -> dict[str, Any] |
     payloads = []
     for seed in range(args.seed, args.seed + args.seeds):
         seed_args = argparse.Namespace(**{**vars(args), "seed": seed, "out": args.out / f"seed_{seed}"})
-        payloads.append(_run_seed(spec, seed_args, argv, ctx))
+        try:
+            payloads.append(_run_seed(spec, seed_args, argv, ctx))
+        except KeyboardInterrupt:  # before seed's training began (training raises Interrupted)
+            done = [f"seed_{s}" for s in range(args.seed, seed)]
+            where = f"{', '.join(done)} complete in {args.out}" if done else "no seed finished yet"
+            raise Interrupted(
+                f"interrupted before seed {seed} began training; {where}; resume with: "
+                f"{_resume_command(spec, argv)}"
+            ) from None
     if not ctx.is_main:
         return None
     summary = seed_summary(payloads)
@@ -630,8 +643,7 @@ def _run_seed(
     _check_networks(trainings)
     if args.dry_run:
         return _dry_run(args, dataset, train_set, test_set, trainings) if ctx.is_main else None
-    if ctx.is_main:
-        _check_out(args, trainings)
+    _check_out(args, trainings, ctx.is_main)
     barrier(ctx)
     message = _placement_message(spec, args.placement, args.n, args.k)
     with quiet(args.quiet):

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from dcspass.data import FASHION_MNIST_DIR, fashion_mnist_tensors
+from dcspass.errors import ConfigError
 from dcspass.files import stale_temporaries
 from dcspass.training import train
 from dcspass.training.checkpoint import load_checkpoint, save_checkpoint
@@ -153,3 +154,37 @@ def test_ctrl_c_during_a_recipe_says_where_the_checkpoint_is_and_how_to_resume(t
     assert command[:3] == ["python", "-m", "recipes.paper_rn18"] and command[-1] == "--resume"
     args = common.build_parser(paper_rn18.SPEC).parse_args(command[3:])
     assert args.resume and args.out == out and args.epochs == 3
+
+
+def test_ctrl_c_before_a_later_seed_trains_names_the_finished_seeds(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    calls = []
+
+    def one_seed(spec, args, argv, ctx):  # seed 0 finishes; Ctrl-C while seed 1 loads its data
+        calls.append(args.seed)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return {}
+
+    monkeypatch.setattr(common, "_run_seed", one_seed)
+    argv = ["--seeds", "3", "--width", "4", "--out", str(out)]
+    assert common.main(paper_rn18.SPEC, argv) == 130
+    line = capsys.readouterr().err.strip()
+    assert calls == [0, 1]
+    assert "interrupted before seed 1 began training" in line and f"seed_0 complete in {out}" in line
+    command = shlex.split(line.split("resume with: ", 1)[1])
+    assert command[3:] == [*argv, "--resume"]
+
+
+def test_every_rank_refuses_an_out_holding_a_run_and_only_rank_0_deletes(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / common.RESULTS).write_text("{}\n")
+    parser = common.build_parser(paper_rn18.SPEC)
+    for is_main in (True, False):
+        with pytest.raises(ConfigError, match="already holds a finished run"):
+            common._check_out(parser.parse_args(["--out", str(out)]), [], is_main)
+    common._check_out(parser.parse_args(["--out", str(out), "--overwrite"]), [], is_main=False)
+    assert (out / common.RESULTS).exists()
+    common._check_out(parser.parse_args(["--out", str(out), "--overwrite"]), [], is_main=True)
+    assert not (out / common.RESULTS).exists()
