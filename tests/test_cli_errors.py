@@ -106,24 +106,21 @@ def _recipe_checkpoints(out: Path, argv: list[str]) -> None:
 
 
 @needs_fmnist
-def test_finished_run_in_out_is_never_overwritten_silently(tmp_path):
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        ([], ["already holds a finished run", "--resume", "--overwrite", "another --out"]),
+        (["--seeds", "2"], ["2-seed summary would overwrite", "results.json", "--resume", "--overwrite"]),
+    ],
+    ids=["one-seed", "multi-seed"],
+)
+def test_finished_run_in_out_is_never_overwritten_silently(tmp_path, extra, fragments):
     out = tmp_path / "run"
     _recipe_checkpoints(out, RECIPE[2:])
     (out / "results.json").write_text("{}\n")
     before = _snapshot(tmp_path)
-    proc = _run(tmp_path, *RECIPE, "--out", str(out))
-    _one_line_error(proc, "already holds a finished run", "--resume", "--overwrite", "another --out")
-    assert _snapshot(tmp_path) == before
-
-
-@needs_fmnist
-def test_multi_seed_run_never_overwrites_a_single_seed_run(tmp_path):
-    out = tmp_path / "run"
-    _recipe_checkpoints(out, RECIPE[2:])
-    (out / "results.json").write_text("{}\n")
-    before = _snapshot(tmp_path)
-    proc = _run(tmp_path, *RECIPE, "--seeds", "2", "--out", str(out))
-    _one_line_error(proc, "2-seed summary would overwrite", "results.json", "--resume", "--overwrite")
+    proc = _run(tmp_path, *RECIPE, *extra, "--out", str(out))
+    _one_line_error(proc, *fragments)
     assert _snapshot(tmp_path) == before
 
 
