@@ -24,14 +24,14 @@ slow), and the weight gradient is written into the n tapped positions of a zero
 ``[C_out, C_in/groups, k, k]`` gradient. The forward keeps ``cols`` for the weight gradient while
 they are small (``keeps_cols``), so backward does not gather again.
 
-Large batches go a few images at a time. glibc serves every allocation above 32 MiB (its largest
+Large batches go a few images at a time. glibc serves every allocation of 32 MiB or more (its largest
 mmap threshold) with fresh pages, which the kernel maps and zero-fills one 4 KiB page fault at a
 time on every call; when ``cols`` (or the input gradient's ``grad_cols``, the same size) would reach
 ``CHUNK_FROM_BYTES`` (32 MiB), each pass loops over chunks of about ``CHUNK_BYTES`` (4 MiB) of
 images, with one buffer for their ``cols`` reused by every chunk, and writes each chunk's result
 straight into its slice of the output or the input gradient (or adds it to the weight gradient).
 Measured on 2 cores (fwd+bwd, batch 64): 1.2x-1.3x where that happens (stride 1 at CIFAR size, 32
-MiB of ``cols``), but 0.93x-0.99x where it is not needed (8 and 21 MiB), so smaller buffers keep the
+MiB of ``cols``), but 0.95x-0.99x where it is not needed (8 and 21 MiB), so smaller buffers keep the
 one-pass path. A chunked forward keeps no ``cols``: backward gathers them again, chunk by chunk.
 
 Depthwise layers (one input channel per group and per output) skip the GEMM: a GEMM with K = n is
