@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,15 +101,29 @@ def transform(
             checked completely before anything changes. Not possible with a selected ``F.conv2d`` site.
 
     Returns:
-        The rewritten model: ``type(model)``, or a ``GraphModule`` as above.
+        The rewritten model: ``type(model)``, or a ``GraphModule`` as above. A ``model`` that is itself
+        one ``nn.Conv2d`` the policy selects comes back as its ``DCSConv2d``.
 
     Raises:
         ModelError: ``model`` is not an ``nn.Module`` (a function, a string, a state dict, ...).
         PolicyError: the policy does not parse, refers to a missing index, or selects nothing.
         BoundError: a selected layer's n is outside its Eq. 12 interval (with ``check_bounds``).
-        ConfigError: bad n, k or init; ``inplace`` with a selected ``F.conv2d`` call site.
+        ConfigError: bad n, k or init; ``inplace`` with a selected ``F.conv2d`` call site, or with a
+            bare ``nn.Conv2d``.
     """
     check_model(model, "dcspass.transform")
+    if isinstance(model, nn.Conv2d):
+        # The conv is the whole model: traced as the root it would be its own F.conv2d call. Run the
+        # pass on it as the one layer of a container and hand back that layer.
+        if inplace:
+            raise ConfigError(
+                f"inplace=True cannot turn the {type(model).__name__} passed as the model into a DCSConv2d: "
+                "a module cannot change its class in place; call transform without inplace and use the "
+                "layer it returns"
+            )
+        container = nn.Sequential(OrderedDict(conv=model))  # messages name the layer 'conv'
+        kwargs = dict(n=n, k=k, check_bounds=check_bounds, eps_c=eps_c, eps_l=eps_l, init=init)
+        return transform(container, policy, example_inputs=example_inputs, **kwargs)[0]
     if init not in INITS:
         raise ConfigError(f"init must be 'fresh' or 'embed', got {init!r}")
     check_n(n)

@@ -81,6 +81,24 @@ def test_inplace_rewrites_the_model_itself():
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_a_bare_conv_comes_back_as_its_dcs_layer():
+    conv = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+    before = copy.deepcopy(conv.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no GraphModule warning: the conv is swapped, not traced into
+        layer = dcspass.transform(conv, "downsample")
+    assert type(layer) is DCSConv2d
+    assert (layer.in_channels, layer.out_channels, layer.kernel_size, layer.n) == (16, 32, 5, 2)
+    assert layer.stride == (2, 2)
+    x = torch.randn(2, 16, 12, 12)
+    assert layer(x).shape == conv(x).shape == (2, 32, 6, 6)
+    assert all(torch.equal(v, conv.state_dict()[key]) for key, v in before.items())  # untouched
+    with pytest.raises(ConfigError, match="inplace=True cannot turn the Conv2d passed as the model"):
+        dcspass.transform(conv, "downsample", inplace=True)
+    with pytest.raises(PolicyError):
+        dcspass.transform(nn.Conv2d(16, 32, 3, padding=1), "downsample")  # stride 1: nothing selected
+
+
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
 def test_inplace_checks_everything_before_changing_the_model(resnet18):
     with pytest.raises(BoundError, match=r"layer2\.0\.conv2"):
