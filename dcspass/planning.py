@@ -20,7 +20,7 @@ from . import bounds
 from .errors import ConfigError
 from .policies import ConvSite, PolicySpec
 from .rewrite import dcs_kernel_size
-from .transformation import analyse
+from .transformation import analyse, lone_conv_container
 from .validation import check_k, check_model, check_n
 
 if TYPE_CHECKING:
@@ -204,7 +204,7 @@ def plan(
     check_model(model, "dcspass.plan")
     check_n(n)
     check_k(k)
-    analysis = analyse(model, policy, k, example_inputs)
+    analysis = analyse(lone_conv_container(model), policy, k, example_inputs)
     found = analysis.found
     chosen = {s.name for s in analysis.selected}
     rows = []

@@ -29,7 +29,7 @@ from .policies import ConvSite, PolicySpec, select
 from .rewrite import dcs_kernel_size, rewrite, zero_ring_draw_probability
 from .validation import check_k, check_model, check_n
 
-__all__ = ["Analysis", "analyse", "transform"]
+__all__ = ["Analysis", "analyse", "lone_conv_container", "transform"]
 
 INITS = ("fresh", "embed")
 
@@ -113,17 +113,14 @@ def transform(
     """
     check_model(model, "dcspass.transform")
     if isinstance(model, nn.Conv2d):
-        # The conv is the whole model: traced as the root it would be its own F.conv2d call. Run the
-        # pass on it as the one layer of a container and hand back that layer.
         if inplace:
             raise ConfigError(
                 f"inplace=True cannot turn the {type(model).__name__} passed as the model into a DCSConv2d: "
                 "a module cannot change its class in place; call transform without inplace and use the "
                 "layer it returns"
             )
-        container = nn.Sequential(OrderedDict(conv=model))  # messages name the layer 'conv'
         kwargs = dict(n=n, k=k, check_bounds=check_bounds, eps_c=eps_c, eps_l=eps_l, init=init)
-        return transform(container, policy, example_inputs=example_inputs, **kwargs)[0]
+        return transform(lone_conv_container(model), policy, example_inputs=example_inputs, **kwargs)[0]
     if init not in INITS:
         raise ConfigError(f"init must be 'fresh' or 'embed', got {init!r}")
     check_n(n)
@@ -163,6 +160,12 @@ def transform(
             stacklevel=2,
         )
     return rewrite(work, analysis.found.graph, analysis.selected, analysis.kernel_sizes, n, init)
+
+
+def lone_conv_container(model: nn.Module) -> nn.Module:
+    """A model that is itself one conv, as the one layer (named ``conv``) of an ``nn.Sequential``;
+    any other model as it is. Traced as the root, a conv would be its own ``F.conv2d`` call site."""
+    return nn.Sequential(OrderedDict(conv=model)) if isinstance(model, nn.Conv2d) else model
 
 
 def _copy_model(model: nn.Module) -> nn.Module:

@@ -97,6 +97,8 @@ def test_a_bare_conv_comes_back_as_its_dcs_layer():
         dcspass.transform(conv, "downsample", inplace=True)
     with pytest.raises(PolicyError):
         dcspass.transform(nn.Conv2d(16, 32, 3, padding=1), "downsample")  # stride 1: nothing selected
+    row = dcspass.plan(conv, "downsample").rows[0]  # plan says what transform does
+    assert (row.name, row.kind, row.selected) == ("conv", "Conv2d", True)
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
