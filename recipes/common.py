@@ -157,7 +157,8 @@ def parse_args(spec: RecipeSpec, argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _check_args(args: argparse.Namespace, spec: RecipeSpec) -> None:
-    for flag in ("epochs", "batch_size", "width", "samples_per_epoch", "eval_examples", "examples", "n", "k"):
+    counts = ("epochs", "batch_size", "width", "samples_per_epoch", "eval_examples", "examples", "n", "k")
+    for flag in (*counts, "seeds"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
@@ -198,14 +199,19 @@ def _check_networks(trainings: list[tuple[str, TrainConfig, str]]) -> None:
             build_network(cfg)
 
 
+def _held_run_files(out: Path) -> list[Path]:
+    """The checkpoints and ``results.json`` of a single-seed run that ``out`` already holds."""
+    held = [out / f"{label}.pt" for label in CHECKPOINT_LABELS] + [out / RESULTS]
+    return [path for path in held if path.exists()]
+
+
 def _check_out(
     args: argparse.Namespace, trainings: list[tuple[str, TrainConfig, str]], is_main: bool = True
 ) -> None:
     """What ``--out`` already holds: refuse a silent overwrite; under ``--resume``, check each checkpoint
     against the config of the network that will continue it; under ``--overwrite``, remove the old run
     (``is_main`` only). Every rank runs the checks, so a refusal stops all of them, not rank 0 alone."""
-    held = [args.out / f"{label}.pt" for label in CHECKPOINT_LABELS] + [args.out / RESULTS]
-    held = [path for path in held if path.exists()]
+    held = _held_run_files(args.out)
     if args.overwrite:
         if not is_main:
             return
@@ -232,8 +238,7 @@ def _check_out(
 def _check_seeds_summary(args: argparse.Namespace) -> None:
     """``--seeds N > 1`` writes ``OUT/results.json`` at the end: refuse, before any training, an ``OUT``
     that already holds a run's results or checkpoints, which that file would overwrite or mix with."""
-    held = [args.out / RESULTS] + [args.out / f"{label}.pt" for label in CHECKPOINT_LABELS]
-    held = [path for path in held if path.exists()]
+    held = _held_run_files(args.out)
     if held:
         raise ConfigError(
             f"--out {args.out} already holds a run ({', '.join(path.name for path in held)}) that the "
@@ -562,8 +567,6 @@ def run(spec: RecipeSpec, argv: Sequence[str] | None = None) -> dict[str, Any] |
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(spec, argv)
     _check_args(args, spec)
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     ctx = init_distributed(args.device)
     if args.seeds == 1:
         return _run_seed(spec, args, argv, ctx)
