@@ -42,6 +42,7 @@ This file is the CPU path and the reference for other backends; it is also corre
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -107,18 +108,16 @@ def _axis_window(offset: int, size: int, size_out: int, step: int) -> tuple[slic
 
 def tap_windows(
     taps: list[int], k: int, hw: tuple[int, int], hw_out: tuple[int, int], stride, padding: Pads, dilation
-) -> tuple[list[TapWindow], bool]:
-    """The clipped input/output windows of every tap, and whether any window misses part of the output."""
+) -> list[TapWindow]:
+    """The clipped input/output windows of every tap (``_uncovered`` gives what each one misses)."""
     left, _, top, _ = padding
-    windows, partial = [], False
+    windows = []
     for index, tap in enumerate(taps):
         ky, kx = divmod(tap, k)
         in_rows, out_rows = _axis_window(ky * dilation[0] - top, hw[0], hw_out[0], stride[0])
         in_cols, out_cols = _axis_window(kx * dilation[1] - left, hw[1], hw_out[1], stride[1])
-        window = TapWindow(index, in_rows, in_cols, out_rows, out_cols)
-        partial |= (out_rows.stop - out_rows.start, out_cols.stop - out_cols.start) != hw_out
-        windows.append(window)
-    return windows, partial
+        windows.append(TapWindow(index, in_rows, in_cols, out_rows, out_cols))
+    return windows
 
 
 def _is_depthwise(weight_shape: Sequence[int], groups: int) -> bool:
@@ -211,19 +210,7 @@ def _buffer(shape: Sequence[int], like: torch.Tensor, scratch: torch.Tensor | No
     chunks) when given, else a new one."""
     if scratch is None:
         return torch.empty(shape, dtype=like.dtype, device=like.device)
-    numel = 1
-    for size in shape:
-        numel *= size
-    return scratch[:numel].view(shape)
-
-
-def _scratch(chunks: list[slice], x_shape: Sequence[int], n: int, hw_out, like: torch.Tensor):
-    """One flat buffer for the cols (or grad_cols) of the largest chunk; None for a single pass, whose
-    buffers are allocated as they are needed (and the forward's cols kept)."""
-    if len(chunks) == 1:
-        return None
-    images = chunks[0].stop - chunks[0].start
-    return like.new_empty(images * n * x_shape[1] * hw_out[0] * hw_out[1])
+    return scratch[: math.prod(shape)].view(shape)
 
 
 def _batched(weight_groups: torch.Tensor, batch: int) -> torch.Tensor:
@@ -256,10 +243,15 @@ def images_per_chunk(x_shape: Sequence[int], n: int, hw_out, itemsize: int) -> i
     return max(1, min(batch, CHUNK_BYTES // max(per_image, 1)))
 
 
-def _chunks(x_shape: Sequence[int], n: int, hw_out, itemsize: int) -> list[slice]:
-    """The batch slices each pass works on, in order (one empty slice for an empty batch)."""
-    batch, step = x_shape[0], images_per_chunk(x_shape, n, hw_out, itemsize)
-    return [slice(b0, min(batch, b0 + step)) for b0 in range(0, batch, step)] or [slice(0, 0)]
+def _chunks(x_shape: Sequence[int], n: int, hw_out, like: torch.Tensor):
+    """The batch slices a pass works on, in order (one empty slice for an empty batch), and the flat
+    buffer every chunk's cols (or grad_cols) share: None for a single pass, whose buffers are
+    allocated as they are needed (and the forward's cols kept)."""
+    batch, step = x_shape[0], images_per_chunk(x_shape, n, hw_out, like.element_size())
+    chunks = [slice(b0, min(batch, b0 + step)) for b0 in range(0, batch, step)] or [slice(0, 0)]
+    if len(chunks) == 1:
+        return chunks, None
+    return chunks, like.new_empty(step * n * x_shape[1] * hw_out[0] * hw_out[1])
 
 
 def keeps_cols(
@@ -298,7 +290,7 @@ def _forward(x, weight, bias, taps, stride, padding: Pads, dilation, groups: int
     b, _, h, w = x.shape
     c_out, _, k, _ = weight.shape
     hw_out = output_hw(h, w, k, stride, padding, dilation)
-    windows, _ = tap_windows(taps.tolist(), k, (h, w), hw_out, stride, padding, dilation)
+    windows = tap_windows(taps.tolist(), k, (h, w), hw_out, stride, padding, dilation)
     if _is_depthwise(weight.shape, groups):
         fmt = _memory_format(x)
         out = torch.empty((b, c_out, *hw_out), dtype=x.dtype, device=x.device, memory_format=fmt).zero_()
@@ -312,8 +304,7 @@ def _forward(x, weight, bias, taps, stride, padding: Pads, dilation, groups: int
     wt = _tapped_weight(weight, taps, groups)  # [g, n*Cg, Og]
     fmt = _memory_format(x)
     out = torch.empty((b, c_out, *hw_out), dtype=x.dtype, device=x.device, memory_format=fmt)
-    chunks = _chunks(x.shape, len(windows), hw_out, x.element_size())
-    scratch = _scratch(chunks, x.shape, len(windows), hw_out, x)
+    chunks, scratch = _chunks(x.shape, len(windows), hw_out, x)
     for chunk in chunks:
         cols = _forward_chunk(x[chunk], wt, bias, windows, groups, hw_out, out[chunk], scratch)
     return out, (cols if scratch is None else None)
@@ -356,7 +347,7 @@ def dcs_grad_input(grad_out, x_shape, x_format, weight, taps, stride, padding: P
     h, w = x_shape[-2:]
     k = weight.shape[-1]
     hw_out = tuple(grad_out.shape[-2:])
-    windows, _ = tap_windows(taps.tolist(), k, (h, w), hw_out, stride, padding, dilation)
+    windows = tap_windows(taps.tolist(), k, (h, w), hw_out, stride, padding, dilation)
     gx = torch.empty(x_shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=x_format)
     if _is_depthwise(weight.shape, groups):
         gx.zero_()
@@ -368,8 +359,7 @@ def dcs_grad_input(grad_out, x_shape, x_format, weight, taps, stride, padding: P
                 )
         return gx
     wt = _tapped_weight(weight, taps, groups)  # [g, n*Cg, Og]
-    chunks = _chunks(x_shape, len(windows), hw_out, grad_out.element_size())
-    scratch = _scratch(chunks, x_shape, len(windows), hw_out, grad_out)
+    chunks, scratch = _chunks(x_shape, len(windows), hw_out, grad_out)
     for chunk in chunks:
         _grad_input_chunk(grad_out[chunk], gx[chunk], wt, windows, groups, x_format, scratch)
     return gx
@@ -415,7 +405,7 @@ def dcs_grad_weight(
     c_out, _, k, _ = weight_shape
     h, w = x.shape[-2:]
     hw_out = tuple(grad_out.shape[-2:])
-    windows, _ = tap_windows(taps.tolist(), k, (h, w), hw_out, stride, padding, dilation)
+    windows = tap_windows(taps.tolist(), k, (h, w), hw_out, stride, padding, dilation)
     if _is_depthwise(weight_shape, groups):
         grad_weight = grad_out.new_zeros(weight_shape)
         gw = grad_weight.view(c_out, 1, k * k)
@@ -428,8 +418,7 @@ def dcs_grad_weight(
         gwt = _grad_weight_chunk(grad_out, x, cols, windows, groups, hw_out)
     else:
         gwt = None
-        chunks = _chunks(x.shape, len(windows), hw_out, x.element_size())
-        scratch = _scratch(chunks, x.shape, len(windows), hw_out, x)
+        chunks, scratch = _chunks(x.shape, len(windows), hw_out, x)
         for chunk in chunks:
             part = _grad_weight_chunk(grad_out[chunk], x[chunk], None, windows, groups, hw_out, scratch)
             gwt = part if gwt is None else gwt.add_(part)
