@@ -17,7 +17,9 @@ GEMM per pass) on the machine at hand; the DCS row's distance to it is what data
 allocation and dispatch cost. Candidates run interleaved (``_timing.compare``); ratios are medians of
 per-round ratios. Beside them: the DCS layer's achieved GFLOP/s (its three GEMMs, ``2*M*N*K`` each) and, from
 ``torch.profiler`` over a few calls, the share of its time in GEMMs, in data movement (copies, fills,
-adds, index ops) and in the rest.
+adds, index ops) and in the rest. The header names the malloc the process runs on (a preloaded
+jemalloc or tcmalloc, or the C library's with any ``MALLOC_*`` tunables): it moves every candidate's
+time, the DCS layer's most (docs/performance.md).
 
 Run: ``python benchmarks/op.py [--threads N] [--rounds R] [--shapes rn18,wrn]``.
 """
@@ -25,6 +27,8 @@ Run: ``python benchmarks/op.py [--threads N] [--rounds R] [--shapes rn18,wrn]``.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +47,7 @@ GEMM_OPS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"}
 MOVE_OPS = {"aten::copy_", "aten::fill_", "aten::add_", "aten::addcmul_", "aten::index_select"}
 MOVE_OPS |= {"aten::index_copy_", "aten::sum", "aten::cat", "aten::clone", "aten::contiguous"}
 PROFILED_CALLS = 5
+PRELOADED_MALLOC = re.compile(r"lib(?:jemalloc|tcmalloc\w*|mimalloc)[\w.]*\.so[\w.]*")
 
 
 @dataclass(frozen=True)
@@ -82,9 +87,26 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, k={K}")
+    print(f"allocator: {allocator()}")
     for key in keys:
         for fmt_name, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
             run_shape(SHAPES[key], args.batch, fmt_name, fmt, args.rounds)
+
+
+def allocator() -> str:
+    """The malloc this process runs on, which moves every candidate's time: a preloaded jemalloc,
+    tcmalloc or mimalloc if one is mapped, else the C library's, with any glibc tunables set."""
+    try:
+        with open("/proc/self/maps") as maps:
+            mapped = sorted(set(PRELOADED_MALLOC.findall(maps.read())))
+    except OSError:  # not Linux
+        mapped = []
+    if mapped:
+        return ", ".join(mapped)
+    tunables = [f"{key}={value}" for key, value in sorted(os.environ.items()) if key.startswith("MALLOC_")]
+    if os.environ.get("GLIBC_TUNABLES"):
+        tunables.append(f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}")
+    return "the C library's malloc" + (f" ({' '.join(tunables)})" if tunables else ", default settings")
 
 
 def run_shape(shape: Shape, batch: int, fmt_name: str, fmt: torch.memory_format, rounds: int) -> None:
