@@ -9,6 +9,11 @@ and the graph starts by clearing ``captured_taps``. The instrumented model share
 every other module and parameter) with ``model``, under the same qualified names, so
 ``frozen_taps`` / ``excluding_taps`` / ``using_taps`` work on either, and training one trains both.
 
+A traced graph freezes the ``self.training`` branches it met (functional stochastic depth, as in
+torchvision's EfficientNet, or timm's ``DropPath``). So the model is traced in both modes; where the
+two graphs differ, the result holds one per mode and runs the one ``self.training`` selects at each
+call (``ModeSwitchingGraphs``), so ``.train()`` / ``.eval()`` act as on the model itself.
+
 A model torch.fx cannot trace (one ``transform`` warned about) is instrumented with hooks
 instead, with a warning: a copy of its module tree that shares every leaf module and parameter, whose
 forward freezes each DCS layer's draw for the duration of the layer's call and records it.
@@ -21,7 +26,7 @@ import operator
 import warnings
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from .errors import ConfigError
 from .layers import DCSConv2d
@@ -29,7 +34,7 @@ from .sampling import dcs_layers
 from .tracing import trace
 from .validation import check_model
 
-__all__ = ["instrument"]
+__all__ = ["ModeSwitchingGraphs", "instrument"]
 
 
 def instrument(model: nn.Module) -> nn.Module:
@@ -37,8 +42,9 @@ def instrument(model: nn.Module) -> nn.Module:
 
     ``captured_taps`` is ``{qualified_name: LongTensor[n]}``, the taps each DCS layer used in the last
     forward (for a layer called several times, its last call). The result is a ``GraphModule`` when
-    torch.fx can trace ``model`` with convs as leaves (its ``self.training`` branches are those of
-    trace time), else a hook-instrumented copy of the module tree (with a warning).
+    torch.fx can trace ``model`` with convs as leaves and the traces in train and in eval mode are the
+    same graph; a ``ModeSwitchingGraphs`` holding both when they differ; else a hook-instrumented copy
+    of the module tree (with a warning). Each shares every module and parameter with ``model``.
 
     Raises:
         ModelError: ``model`` is not an ``nn.Module``.
@@ -51,7 +57,8 @@ def instrument(model: nn.Module) -> nn.Module:
             "(dcspass.transform(model, policy=...))"
         )
     try:
-        gm = trace(model)
+        current = trace(model)
+        other = _trace_in_mode(model, not model.training)
     except Exception as exc:  # torch.fx raises many types; any of them means: no graph to rewrite
         first_line = (str(exc).strip().splitlines() or [""])[0]
         warnings.warn(
@@ -60,8 +67,56 @@ def instrument(model: nn.Module) -> nn.Module:
             stacklevel=2,
         )
         return _instrument_with_hooks(model)
+    captured: dict[str, torch.Tensor] = {}
+    if other.code == current.code:
+        return _record_taps(current, captured)
+    graphs = {model.training: current, not model.training: other}
+    return ModeSwitchingGraphs(model, {mode: _record_taps(gm, captured) for mode, gm in graphs.items()})
+
+
+class ModeSwitchingGraphs(nn.Module):
+    """``instrument``'s result for a model whose traced graph depends on its mode: one instrumented
+    graph per mode, the one ``self.training`` selects running at each call.
+
+    Its children, parameters and buffers are the model's own, under the same names (the graphs are
+    held outside the module tree), so ``state_dict``, ``dcs_layers`` and the tap contexts see what
+    they see on the model; ``captured_taps`` is the one dict both graphs fill.
+    """
+
+    def __init__(self, model: nn.Module, graphs: dict[bool, fx.GraphModule]) -> None:
+        super().__init__()
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        for name, param in model.named_parameters(recurse=False):
+            self.register_parameter(name, param)
+        for name, buf in model.named_buffers(recurse=False):
+            self.register_buffer(name, buf, persistent=name not in model._non_persistent_buffers_set)
+        # A plain dict, not submodules: no second name for each layer, no duplicate state_dict keys.
+        self.graphs = dict(graphs)
+        self.captured_taps: dict[str, torch.Tensor] = graphs[True].captured_taps
+        self.training = model.training
+
+    def forward(self, *args, **kwargs):
+        return self.graphs[self.training](*args, **kwargs)
+
+
+def _trace_in_mode(model: nn.Module, training: bool) -> fx.GraphModule:
+    """``trace(model)`` as ``model.train(training)`` would leave it, every module's mode restored after."""
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        model.train(training)
+        gm = trace(model)
+    finally:
+        for module, mode in modes:
+            module.training = mode
+    gm.training = model.training
+    return gm
+
+
+def _record_taps(gm: fx.GraphModule, captured: dict[str, torch.Tensor]) -> fx.GraphModule:
+    """Rewrite ``gm`` in place so that each forward fills ``captured`` (its ``captured_taps``)."""
     graph = gm.graph
-    gm.captured_taps = {}
+    gm.captured_taps = captured
     calls = [
         node
         for node in graph.nodes

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 import torchvision
-from torch import nn
+from torch import fx, nn
 
 import dcspass
 from dcspass import ConfigError
+from dcspass.instrumentation import ModeSwitchingGraphs
 
 LAYERS = ["conv1", "layer2.0.conv1", "layer3.0.conv1", "layer4.0.conv1"]
 
@@ -136,3 +138,73 @@ def test_f_conv2d_sites_are_captured_too():
     assert all(torch.equal(model.captured_taps[k], frozen[k]) for k in frozen)
     with dcspass.using_taps(dcs, model.captured_taps):
         torch.testing.assert_close(dcs(x), y, rtol=0, atol=0)
+
+
+class TrainBranch(nn.Module):
+    """A strided conv whose output the forward doubles in train mode: a branch on ``self.training``
+    outside any leaf module, which a traced graph would freeze."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.down(x)
+        if self.training:
+            y = y * 2
+        return self.head(y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("traced_in", ["train", "eval"])
+def test_train_and_eval_branches_follow_the_instrumented_models_mode(traced_in):
+    torch.manual_seed(0)
+    dcs = dcspass.transform(TrainBranch().train(traced_in == "train"), "downsample")
+    probe = dcspass.instrument(dcs)
+    assert isinstance(probe, ModeSwitchingGraphs)
+    assert probe.training == (traced_in == "train") and dcs.training == probe.training  # dcs untouched
+    assert [n for n, _ in dcspass.dcs_layers(probe)] == ["down"] and probe.down is dcs.down
+    assert list(probe.state_dict()) == list(dcs.state_dict())
+    assert list(probe.parameters()) == list(dcs.parameters())
+    x = torch.randn(2, 3, 8, 8)
+    for training in (True, False, True):
+        probe.train(training)
+        dcs.train(training)
+        y = probe(x)
+        assert list(probe.captured_taps) == ["down"]
+        with dcspass.using_taps(dcs, probe.captured_taps):
+            torch.testing.assert_close(dcs(x), y, rtol=0, atol=0)
+
+
+def test_models_without_mode_branches_stay_one_graph(dcs_resnet):
+    assert isinstance(dcspass.instrument(dcs_resnet), fx.GraphModule)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(
+            lambda: torchvision.models.efficientnet_b0(num_classes=10), id="torchvision-efficientnet"
+        ),
+        pytest.param(
+            lambda: timm.create_model("convnext_atto", pretrained=False, num_classes=10, drop_path_rate=0.5),
+            id="convnext-droppath",
+        ),
+    ],
+)
+def test_stochastic_depth_is_off_in_eval_mode_and_on_in_train_mode(build):
+    """GSAT attacks the instrumented model in eval mode: stochastic depth traced in train mode must not
+    stay on. Every tap (n = k*k) so the DCS layer adds no randomness of its own."""
+    torch.manual_seed(0)
+    dcs = dcspass.transform(build().train(), "index:1", n=25, k=5, check_bounds=False, init="embed")
+    probe = dcspass.instrument(dcs)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        probe.eval()
+        torch.testing.assert_close(probe(x), probe(x), rtol=0, atol=0)
+        torch.testing.assert_close(probe(x), dcs.eval()(x), rtol=0, atol=0)
+        probe.train()
+        first = probe(x)
+        assert any(not torch.equal(first, probe(x)) for _ in range(3)), (
+            "stochastic depth is off in train mode"
+        )

@@ -111,3 +111,29 @@ def test_compiled_instrumented_model_records_fresh_taps():
         with dcspass.using_taps(model, taps):
             torch.testing.assert_close(model(x), y, rtol=1e-5, atol=1e-5)
     assert len(seen) > 1, "the compiled instrumented model recorded the same taps every call"
+
+
+class TrainBranch(nn.Module):
+    """A strided conv whose output the forward doubles in train mode (a branch on ``self.training``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.down(x)
+        return (y * 2 if self.training else y).mean((2, 3))
+
+
+@pytest.mark.slow
+def test_compiled_mode_switching_instrumented_model_follows_train_and_eval():
+    dcs = dcspass.transform(TrainBranch(), "downsample")
+    probe = dcspass.instrument(dcs)  # one graph per mode
+    compiled = torch.compile(probe, backend="aot_eager", fullgraph=True)
+    x = torch.randn(1, 3, 8, 8)
+    for training in (True, False, True):
+        probe.train(training)
+        dcs.train(training)
+        y = compiled(x)
+        with dcspass.using_taps(dcs, probe.captured_taps):
+            torch.testing.assert_close(dcs(x), y, rtol=1e-6, atol=1e-6)
