@@ -31,7 +31,7 @@ from torch import fx, nn
 from .errors import ConfigError
 from .layers import DCSConv2d
 from .sampling import dcs_layers
-from .tracing import trace
+from .tracing import adopt_members, trace
 from .validation import check_model
 
 __all__ = ["ModeSwitchingGraphs", "instrument"]
@@ -85,16 +85,10 @@ class ModeSwitchingGraphs(nn.Module):
 
     def __init__(self, model: nn.Module, graphs: dict[bool, fx.GraphModule]) -> None:
         super().__init__()
-        for name, child in model.named_children():
-            self.add_module(name, child)
-        for name, param in model.named_parameters(recurse=False):
-            self.register_parameter(name, param)
-        for name, buf in model.named_buffers(recurse=False):
-            self.register_buffer(name, buf, persistent=name not in model._non_persistent_buffers_set)
+        adopt_members(self, model)
         # A plain dict, not submodules: no second name for each layer, no duplicate state_dict keys.
         self.graphs = dict(graphs)
         self.captured_taps: dict[str, torch.Tensor] = graphs[True].captured_taps
-        self.training = model.training
 
     def forward(self, *args, **kwargs):
         return self.graphs[self.training](*args, **kwargs)
@@ -109,7 +103,7 @@ def _trace_in_mode(model: nn.Module, training: bool) -> fx.GraphModule:
     finally:
         for module, mode in modes:
             module.training = mode
-    gm.training = model.training
+    gm.training = model.training  # trace gave it the mode it traced in
     return gm
 
 

@@ -11,7 +11,7 @@ from torch import fx, nn
 
 from .layers import DCSConv2d
 
-__all__ = ["ConvTracer", "trace"]
+__all__ = ["ConvTracer", "adopt_members", "trace"]
 
 
 class ConvTracer(fx.Tracer):
@@ -36,13 +36,19 @@ def trace(model: nn.Module) -> fx.GraphModule:
     graph = tracer.trace(model)
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     # GraphModule rebuilds the module tree from plain nn.Modules holding only what the graph uses;
-    # put the model's own children, parameters and buffers back, so that ``gm.layer2[0]`` still works
-    # and the state_dict keys are exactly the model's.
-    for name, child in model.named_children():
-        setattr(gm, name, child)
-    for name, param in model.named_parameters(recurse=False):
-        setattr(gm, name, param)
-    for name, buf in model.named_buffers(recurse=False):
-        gm.register_buffer(name, buf, persistent=name not in model._non_persistent_buffers_set)
-    gm.training = model.training
+    # put the model's own back, so that ``gm.layer2[0]`` still works and the state_dict keys are
+    # exactly the model's.
+    adopt_members(gm, model)
     return gm
+
+
+def adopt_members(target: nn.Module, model: nn.Module) -> None:
+    """Give ``target`` the model's own children, parameters and buffers (the same objects, under the
+    same names, buffers as persistent as they were) and its train/eval mode."""
+    for name, child in model.named_children():
+        setattr(target, name, child)
+    for name, param in model.named_parameters(recurse=False):
+        setattr(target, name, param)
+    for name, buf in model.named_buffers(recurse=False):
+        target.register_buffer(name, buf, persistent=name not in model._non_persistent_buffers_set)
+    target.training = model.training
