@@ -95,7 +95,8 @@ class ModeSwitchingGraphs(nn.Module):
 
 
 def _trace_in_mode(model: nn.Module, training: bool) -> fx.GraphModule:
-    """``trace(model)`` as ``model.train(training)`` would leave it, every module's mode restored after."""
+    """``trace(model)`` as ``model.train(training)`` would leave it (the graph keeps that mode), every
+    module's mode restored after."""
     modes = [(module, module.training) for module in model.modules()]
     try:
         model.train(training)
@@ -103,7 +104,6 @@ def _trace_in_mode(model: nn.Module, training: bool) -> fx.GraphModule:
     finally:
         for module, mode in modes:
             module.training = mode
-    gm.training = model.training  # trace gave it the mode it traced in
     return gm
 
 
