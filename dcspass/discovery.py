@@ -22,9 +22,9 @@ from .functional import pair
 from .policies import ConvSite
 from .tracing import trace
 
-__all__ = ["DEFAULT_INPUT_HW", "Discovery", "conv_call_args", "discover"]
+__all__ = ["CONV_FUNCTIONS", "DEFAULT_INPUT_HW", "Discovery", "conv_call_args", "discover"]
 
-_CONV_FUNCTIONS = (F.conv2d, torch.conv2d)
+CONV_FUNCTIONS = (F.conv2d, torch.conv2d)
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
 DEFAULT_INPUT_HW = (64, 64)  # the dry-run input size for untraceable models without example_inputs
@@ -166,7 +166,7 @@ def _sites_from_graph(gm: fx.GraphModule) -> list[ConvSite]:
                 site = _site_from_module(len(sites) + 1, node.target, module)
                 site.node = node
                 sites.append(site)
-        elif node.op == "call_function" and node.target in _CONV_FUNCTIONS:
+        elif node.op == "call_function" and node.target in CONV_FUNCTIONS:
             site = _site_from_call(gm, len(sites) + 1, node, seen)
             if site is not None:
                 sites.append(site)

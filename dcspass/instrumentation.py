@@ -12,7 +12,8 @@ every other module and parameter) with ``model``, under the same qualified names
 A traced graph freezes the ``self.training`` branches it met (functional stochastic depth, as in
 torchvision's EfficientNet, or timm's ``DropPath``). So the model is traced in both modes; where the
 two graphs differ, the result holds one per mode and runs the one ``self.training`` selects at each
-call (``ModeSwitchingGraphs``), so ``.train()`` / ``.eval()`` act as on the model itself.
+call (``dcspass.tracing.ModeSwitchingGraphs``), so ``.train()`` / ``.eval()`` act as on the model
+itself.
 
 A model torch.fx cannot trace (one ``transform`` warned about) is instrumented with hooks
 instead, with a warning: a copy of its module tree that shares every leaf module and parameter, whose
@@ -31,7 +32,7 @@ from torch import fx, nn
 from .errors import ConfigError
 from .layers import DCSConv2d
 from .sampling import dcs_layers
-from .tracing import adopt_members, trace
+from .tracing import ModeSwitchingGraphs, trace, trace_in_mode
 from .validation import check_model
 
 __all__ = ["ModeSwitchingGraphs", "instrument"]
@@ -58,7 +59,7 @@ def instrument(model: nn.Module) -> nn.Module:
         )
     try:
         current = trace(model)
-        other = _trace_in_mode(model, not model.training)
+        other = trace_in_mode(model, not model.training)
     except Exception as exc:  # torch.fx raises many types; any of them means: no graph to rewrite
         first_line = (str(exc).strip().splitlines() or [""])[0]
         warnings.warn(
@@ -71,40 +72,9 @@ def instrument(model: nn.Module) -> nn.Module:
     if other.code == current.code:
         return _record_taps(current, captured)
     graphs = {model.training: current, not model.training: other}
-    return ModeSwitchingGraphs(model, {mode: _record_taps(gm, captured) for mode, gm in graphs.items()})
-
-
-class ModeSwitchingGraphs(nn.Module):
-    """``instrument``'s result for a model whose traced graph depends on its mode: one instrumented
-    graph per mode, the one ``self.training`` selects running at each call.
-
-    Its children, parameters and buffers are the model's own, under the same names (the graphs are
-    held outside the module tree), so ``state_dict``, ``dcs_layers`` and the tap contexts see what
-    they see on the model; ``captured_taps`` is the one dict both graphs fill.
-    """
-
-    def __init__(self, model: nn.Module, graphs: dict[bool, fx.GraphModule]) -> None:
-        super().__init__()
-        adopt_members(self, model)
-        # A plain dict, not submodules: no second name for each layer, no duplicate state_dict keys.
-        self.graphs = dict(graphs)
-        self.captured_taps: dict[str, torch.Tensor] = graphs[True].captured_taps
-
-    def forward(self, *args, **kwargs):
-        return self.graphs[self.training](*args, **kwargs)
-
-
-def _trace_in_mode(model: nn.Module, training: bool) -> fx.GraphModule:
-    """``trace(model)`` as ``model.train(training)`` would leave it (the graph keeps that mode), every
-    module's mode restored after."""
-    modes = [(module, module.training) for module in model.modules()]
-    try:
-        model.train(training)
-        gm = trace(model)
-    finally:
-        for module, mode in modes:
-            module.training = mode
-    return gm
+    result = ModeSwitchingGraphs(model, {mode: _record_taps(gm, captured) for mode, gm in graphs.items()})
+    result.captured_taps = captured  # the one dict both graphs fill
+    return result
 
 
 def _record_taps(gm: fx.GraphModule, captured: dict[str, torch.Tensor]) -> fx.GraphModule:

@@ -3,7 +3,9 @@
 A conv module is swapped on its parent under the same attribute name, so the model keeps its class,
 methods, hooks and train/eval behaviour, and its ``state_dict`` keys. A functional ``F.conv2d`` call
 site has no module to swap: the traced graph's call becomes a call to a new ``DCSConv2d`` submodule,
-and the result is that ``GraphModule``.
+and the result is that ``GraphModule``; the model is traced in train and in eval mode, and where the
+two graphs differ (``self.training`` branches outside leaf modules) the result is a
+``ModeSwitchingGraphs`` that runs the one the model's mode selects.
 
 Padding and weights: the original kh x kw kernel sits in the k x k kernel at offset
 ``((k - kh) // 2, (k - kw) // 2)`` and the padding grows by the ring on each side (times the dilation),
@@ -20,13 +22,19 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .discovery import conv_call_args
+from .discovery import CONV_FUNCTIONS, conv_call_args
 from .errors import ConfigError
 from .functional import normalize_padding, same_padding
 from .layers import DCSConv2d, DCSConv2dSame
 from .policies import ConvSite
+from .tracing import ModeSwitchingGraphs, trace_in_mode
 
-__all__ = ["dcs_from_site", "dcs_kernel_size", "rewrite", "zero_ring_draw_probability"]
+__all__ = ["FROZEN_MODE", "dcs_from_site", "dcs_kernel_size", "rewrite", "zero_ring_draw_probability"]
+
+
+# The key in a rewritten GraphModule's ``meta`` naming the mode ("train" / "eval") whose
+# ``self.training`` branches it keeps, when it could not get a graph per mode.
+FROZEN_MODE = "dcspass_frozen_mode"
 
 
 def dcs_kernel_size(site: ConvSite, k: int | None) -> int:
@@ -61,42 +69,109 @@ def rewrite(
 ) -> nn.Module:
     """Replace every conv of ``sites`` by its DCS layer; return the rewritten model.
 
-    ``model`` itself, with its conv modules swapped, unless some site is an ``F.conv2d`` call site:
-    then ``graph`` (the model's trace, sharing its modules) with those calls rewritten, linted and
-    recompiled.
+    ``model`` itself, with its conv modules swapped, unless some site is an ``F.conv2d`` call site of
+    ``graph`` (the model's trace): then a rewritten trace of the model, in which those calls call their
+    DCS layers (``_rewrite_call_sites``).
     """
-    root = graph if any(s.module is None for s in sites) else model
+    layers = {site.name: dcs_from_site(site, kernel_sizes[site.name], n, init) for site in sites}
     for site in sites:
-        layer = dcs_from_site(site, kernel_sizes[site.name], n, init)
         if site.module is not None:
             parent_name, _, leaf = site.name.rpartition(".")
-            setattr(root.get_submodule(parent_name), leaf, layer)
-        else:
-            layer.train(root.training)
-            _replace_conv_call(root, site, layer)
-    if root is graph:
-        graph.graph.lint()
-        graph.recompile()
-    return root
+            setattr(model.get_submodule(parent_name), leaf, layers[site.name])
+    calls = [site for site in sites if site.module is None]
+    if not calls:
+        return model
+    for site in calls:
+        layers[site.name].train(model.training)
+    return _rewrite_call_sites(model, graph, calls, layers)
 
 
-def _replace_conv_call(gm: fx.GraphModule, site: ConvSite, layer: DCSConv2d) -> None:
-    """``y = F.conv2d(x, self.w, ...)`` -> ``y = self.<site.name>(x)``; drop weights nothing else reads."""
-    node = site.node
+def _rewrite_call_sites(
+    model: nn.Module, graph: fx.GraphModule, calls: list[ConvSite], layers: dict[str, DCSConv2d]
+) -> nn.Module:
+    """The model traced in each mode, each graph's ``F.conv2d`` call sites of ``calls`` calling their
+    DCS layer (shared by both graphs): one ``GraphModule`` when the two graphs are the same, else a
+    ``ModeSwitchingGraphs`` holding both, so ``self.training`` branches outside leaf modules (dropout,
+    stochastic depth) still follow ``.train()`` / ``.eval()``.
+
+    A call site is matched across the graphs by its weight and its rank among the calls on that
+    weight. Where the two modes call the selected weights differently, there is no such match: the
+    trace in the current mode alone is rewritten, and keeps that mode's branches; its
+    ``meta[FROZEN_MODE]`` names the mode.
+    """
+    keys = {site.name: _call_key(graph, site.node) for site in calls}
+    weights = {weight for weight, _ in keys.values()}
+    graphs = {mode: trace_in_mode(model, mode) for mode in (model.training, not model.training)}
+    found = {mode: _calls_by_key(gm, weights) for mode, gm in graphs.items()}
+    if found[True].keys() != found[False].keys():  # no one-to-one match: the trace in the current mode
+        graphs = {model.training: graphs[model.training]}
+        graphs[model.training].meta[FROZEN_MODE] = "train" if model.training else "eval"
+    replaced: set[str] = set()
+    for mode, gm in graphs.items():
+        for site in calls:
+            replaced |= _replace_conv_call(gm, found[mode][keys[site.name]], site.name, layers[site.name])
+    _drop_unread_weights(list(graphs.values()), replaced)
+    for gm in graphs.values():
+        gm.graph.lint()
+        gm.recompile()
+    current = graphs[model.training]
+    if len(graphs) == 1 or graphs[not model.training].code == current.code:
+        return current
+    return ModeSwitchingGraphs(current, graphs)
+
+
+def _call_key(gm: fx.GraphModule, node: fx.Node) -> tuple[str, int]:
+    """``(weight attribute, rank of this call among the graph's F.conv2d calls on that weight)``."""
+    weight = conv_call_args(node)["weight"].target
+    return next(key for key, call in _calls_by_key(gm, {weight}).items() if call is node)
+
+
+def _calls_by_key(gm: fx.GraphModule, weights: set[str]) -> dict[tuple[str, int], fx.Node]:
+    """The graph's F.conv2d calls on any of ``weights``, by ``_call_key``."""
+    ranks: dict[str, int] = {}
+    by_key = {}
+    for node in _conv_calls(gm):
+        weight = conv_call_args(node)["weight"]
+        if isinstance(weight, fx.Node) and weight.op == "get_attr" and weight.target in weights:
+            by_key[weight.target, ranks.get(weight.target, 0)] = node
+            ranks[weight.target] = ranks.get(weight.target, 0) + 1
+    return by_key
+
+
+def _conv_calls(gm: fx.GraphModule) -> list[fx.Node]:
+    return [node for node in gm.graph.nodes if node.op == "call_function" and node.target in CONV_FUNCTIONS]
+
+
+def _replace_conv_call(gm: fx.GraphModule, node: fx.Node, name: str, layer: DCSConv2d) -> set[str]:
+    """``y = F.conv2d(x, self.w, ...)`` -> ``y = self.<name>(x)``; returns the attributes the call read
+    (``w`` and any bias), whose nodes go once nothing else uses them."""
     args = conv_call_args(node)
-    gm.add_submodule(site.name, layer)
+    gm.add_submodule(name, layer)
     with gm.graph.inserting_before(node):
-        call = gm.graph.call_module(site.name, (args["input"],))
+        call = gm.graph.call_module(name, (args["input"],))
     call.meta = dict(node.meta)
     node.replace_all_uses_with(call)
     gm.graph.erase_node(node)
+    read = set()
     for param_node in (args["weight"], args["bias"]):
-        if isinstance(param_node, fx.Node) and not param_node.users:
-            target = param_node.target
-            gm.graph.erase_node(param_node)
-            if not any(m.op == "get_attr" and m.target == target for m in gm.graph.nodes):
-                owner_name, _, attr = target.rpartition(".")
-                delattr(gm.get_submodule(owner_name), attr)
+        if isinstance(param_node, fx.Node):
+            read.add(param_node.target)
+            if not param_node.users:
+                gm.graph.erase_node(param_node)
+    return read
+
+
+def _drop_unread_weights(graphs: list[fx.GraphModule], targets: set[str]) -> None:
+    """Delete the attributes ``targets`` (rewritten calls' weights and biases, which the DCS layers now
+    own) that no graph reads any more, from each graph's module tree: the containers the graphs share
+    with the model and each graph's own root."""
+    read = {node.target for gm in graphs for node in gm.graph.nodes if node.op == "get_attr"}
+    for target in sorted(targets - read):
+        owner_name, _, attr = target.rpartition(".")
+        for gm in graphs:
+            owner = gm.get_submodule(owner_name)
+            if hasattr(owner, attr):
+                delattr(owner, attr)
 
 
 def dcs_from_site(site: ConvSite, k: int, n: int, init: str = "fresh") -> DCSConv2d:

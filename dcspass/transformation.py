@@ -9,7 +9,8 @@ In five steps, each in its own module:
 4. **Check** every selected layer (n <= k*k, Eq. 12 from ``dcspass.bounds``) before anything changes.
 5. **Rewrite** (``dcspass.rewrite``): each selected conv module is swapped for a ``DCSConv2d`` under the
    same qualified name, so the result keeps the model's class and its ``state_dict`` keys. Only a
-   selected functional ``F.conv2d`` call site forces the result to be the rewritten fx ``GraphModule``.
+   selected functional ``F.conv2d`` call site forces the result to be the rewritten fx ``GraphModule``
+   (one per train/eval mode where the traced graph depends on it).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
+from torch import fx, nn
 
 from . import bounds
 from .discovery import Discovery, conv_call_args, discover
 from .errors import BoundError, ConfigError
 from .policies import ConvSite, PolicySpec, select
-from .rewrite import dcs_kernel_size, rewrite, zero_ring_draw_probability
+from .rewrite import FROZEN_MODE, dcs_kernel_size, rewrite, zero_ring_draw_probability
+from .tracing import ModeSwitchingGraphs
 from .validation import check_k, check_model, check_n
 
 __all__ = ["Analysis", "analyse", "lone_conv_container", "transform"]
@@ -79,7 +81,10 @@ def transform(
     selected conv is a functional ``F.conv2d(x, self.w, ...)`` call site there is no module to swap, and
     the result is a ``torch.fx.GraphModule`` (the traced copy, the call replaced by a ``DCSConv2d``
     submodule named after the graph node); it warns, naming the call site, because a GraphModule has
-    only ``forward`` and keeps the ``self.training`` branches of trace time.
+    only ``forward``. A traced graph freezes the ``self.training`` branches it meets (``F.dropout(x, p,
+    self.training)``, functional stochastic depth), so the model is traced in both modes; where the two
+    graphs differ, the result is a ``dcspass.tracing.ModeSwitchingGraphs`` holding both (sharing every
+    module and parameter), which runs the one ``self.training`` selects.
 
     Args:
         model: an ``nn.Module`` instance; untouched unless ``inplace``.
@@ -101,8 +106,8 @@ def transform(
             checked completely before anything changes. Not possible with a selected ``F.conv2d`` site.
 
     Returns:
-        The rewritten model: ``type(model)``, or a ``GraphModule`` as above. A ``model`` that is itself
-        one ``nn.Conv2d`` the policy selects comes back as its ``DCSConv2d``.
+        The rewritten model: ``type(model)``, or a ``GraphModule`` / ``ModeSwitchingGraphs`` as above.
+        A ``model`` that is itself one ``nn.Conv2d`` the policy selects comes back as its ``DCSConv2d``.
 
     Raises:
         ModelError: ``model`` is not an ``nn.Module`` (a function, a string, a state dict, ...).
@@ -151,15 +156,10 @@ def transform(
         )
     if init == "embed":
         _warn_zero_ring(analysis, n)
+    result = rewrite(work, analysis.found.graph, analysis.selected, analysis.kernel_sizes, n, init)
     if calls:
-        warnings.warn(
-            f"dcspass.transform: the selected F.conv2d call site(s) {_call_sites(calls)} have no module to "
-            f"swap, so the result is a torch.fx GraphModule instead of {type(model).__name__}: it has only "
-            "forward, and keeps the self.training branches of trace time. To keep the class, make the "
-            "call an nn.Conv2d module or leave it out of the policy.",
-            stacklevel=2,
-        )
-    return rewrite(work, analysis.found.graph, analysis.selected, analysis.kernel_sizes, n, init)
+        _warn_graph_result(model, result, calls)
+    return result
 
 
 def lone_conv_container(model: nn.Module) -> nn.Module:
@@ -219,6 +219,31 @@ def _warn_zero_ring(analysis: Analysis, n: int) -> None:
             "Use init='fresh' (the default) to train these layers; 'embed' suits n = k*k and fine-tuning.",
             stacklevel=3,
         )
+
+
+def _warn_graph_result(model: nn.Module, result: nn.Module, calls: list[ConvSite]) -> None:
+    """Say why the result of rewriting ``F.conv2d`` call sites is not ``type(model)``, and what it is."""
+    cls = type(model).__name__
+    if isinstance(result, ModeSwitchingGraphs):
+        what = (
+            f"a ModeSwitchingGraphs instead of {cls}: one torch.fx GraphModule per train/eval mode (its "
+            "self.training branches make the traced graph depend on the mode), run as the mode selects"
+        )
+    else:
+        what = f"a torch.fx GraphModule instead of {cls}"
+    frozen = result.meta.get(FROZEN_MODE) if isinstance(result, fx.GraphModule) else None
+    branches = (
+        f" It calls a selected weight a different number of times in train and in eval mode, so the result "
+        f"is its {frozen}-mode trace alone and keeps that mode's self.training branches."
+        if frozen
+        else ""
+    )
+    warnings.warn(
+        f"dcspass.transform: the selected F.conv2d call site(s) {_call_sites(calls)} have no module to swap, "
+        f"so the result is {what}; it has only forward.{branches} To keep the class, make the call an "
+        "nn.Conv2d module or leave it out of the policy.",
+        stacklevel=3,
+    )
 
 
 def _call_sites(sites: list[ConvSite]) -> str:

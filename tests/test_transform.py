@@ -15,6 +15,7 @@ from torch import fx, nn
 
 import dcspass
 from dcspass import BoundError, ConfigError, DCSConv2d, DCSConv2dSame, ModelError, PolicyError
+from dcspass.tracing import ModeSwitchingGraphs
 
 DOWNSAMPLE_RN18 = ["conv1", "layer2.0.conv1", "layer3.0.conv1", "layer4.0.conv1"]
 # EdgeCases has an F.conv2d call site: selecting it makes the result a GraphModule, with a warning.
@@ -244,6 +245,77 @@ def test_f_conv2d_call_site_becomes_a_dcs_submodule():
     assert "self.conv2d(" in model.code
     with dcspass.frozen_taps(model) as taps:
         assert set(taps) == {"conv2d"}
+
+
+class CallThenDropout(nn.Module):
+    """A strided F.conv2d call site, then F.dropout(..., self.training): a branch a trace freezes.
+    ``twice_in_train`` calls the same weight a second time in train mode only."""
+
+    def __init__(self, twice_in_train: bool = False) -> None:
+        super().__init__()
+        self.twice_in_train = twice_in_train
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.w = nn.Parameter(torch.randn(8, 8, 3, 3) * 0.1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        y = F.conv2d(x, self.w, None, 2, 1)
+        if self.training and self.twice_in_train:
+            y = y + F.conv2d(x, self.w, None, 2, 1)
+        return self.head(F.dropout(y, 0.5, self.training).mean((2, 3)))
+
+
+@pytest.mark.parametrize("transformed_in_train", [True, False])
+def test_f_conv2d_call_site_result_follows_train_and_eval(transformed_in_train):
+    torch.manual_seed(0)
+    original = CallThenDropout().train(transformed_in_train)
+    with pytest.warns(UserWarning, match=r"call site\(s\) conv2d .*ModeSwitchingGraphs"):
+        model = dcspass.transform(original, "downsample", n=2)
+    assert isinstance(model, ModeSwitchingGraphs)
+    assert model.training is transformed_in_train
+    assert _dcs_names(model) == ["conv2d"]
+    assert sorted(model.state_dict()) == sorted(
+        ["stem.weight", "stem.bias", "conv2d.weight", "head.weight", "head.bias"]
+    )
+    shared = {id(p) for p in model.parameters()}
+    assert all({id(p) for p in gm.parameters()} == shared for gm in model.graphs.values())
+    x = torch.randn(4, 3, 16, 16)
+
+    def by_hand(training: bool) -> torch.Tensor:  # the model's forward, the DCS layer for the call
+        y = model.conv2d(torch.relu(model.stem(x)))
+        return model.head(F.dropout(y, 0.5, training).mean((2, 3)))
+
+    with dcspass.frozen_taps(model):  # the draw stays fixed; dropout is the only randomness left
+        for training in (True, False, True):
+            model.train(training)
+            torch.manual_seed(1)
+            got = model(x)
+            torch.manual_seed(1)
+            torch.testing.assert_close(got, by_hand(training), msg=f"training={training}")
+        model.eval()
+        torch.testing.assert_close(model(x), model(x))  # no dropout in eval
+        model.train()
+        assert not torch.allclose(model(x), model(x))  # dropout in train
+    inst = dcspass.instrument(model.eval())  # what GSAT runs its attack on
+    assert isinstance(inst, ModeSwitchingGraphs)
+    recorded = inst(x)
+    with dcspass.using_taps(model, dict(inst.captured_taps)):
+        torch.testing.assert_close(model(x), recorded)
+    twin = copy.deepcopy(model)  # as EMA and checkpoint code copy models: the graphs follow the copy
+    assert twin.graphs[True].conv2d is twin.conv2d is twin.graphs[False].conv2d is not model.conv2d
+
+
+def test_f_conv2d_call_site_called_differently_per_mode_keeps_the_trace_mode():
+    torch.manual_seed(0)
+    message = (
+        r"different number of times in train and in eval mode, so the result is its train-mode trace alone"
+    )
+    with pytest.warns(UserWarning, match=message):
+        model = dcspass.transform(CallThenDropout(twice_in_train=True), "downsample", n=2)
+    assert isinstance(model, fx.GraphModule)
+    assert _dcs_names(model) == ["conv2d", "conv2d_1"]
+    assert model.code.count("dropout(") == 1 and "training = True" in model.code
 
 
 def test_embed_and_fresh_initialisation(resnet18):
