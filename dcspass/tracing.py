@@ -93,3 +93,13 @@ class ModeSwitchingGraphs(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.graphs[self.training](*args, **kwargs)
+
+    def _apply(self, fn, recurse=True):
+        # .to() / .cuda() / .half() may put new tensors in this module's own parameter and buffer
+        # slots (buffers always); the graphs read them from their own roots, so hand them the new ones.
+        # Submodules are shared objects, converted once through this module.
+        super()._apply(fn, recurse)
+        for gm in self.graphs.values():
+            for slots, own in ((gm._parameters, self._parameters), (gm._buffers, self._buffers)):
+                slots.update({name: tensor for name, tensor in own.items() if name in slots})
+        return self

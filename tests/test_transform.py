@@ -257,9 +257,10 @@ class CallThenDropout(nn.Module):
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
         self.w = nn.Parameter(torch.randn(8, 8, 3, 3) * 0.1)
         self.head = nn.Linear(8, 4)
+        self.register_buffer("shift", torch.zeros(1, 3, 1, 1))  # a tensor the root itself owns
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.stem(x))
+        x = torch.relu(self.stem(x - self.shift))
         y = F.conv2d(x, self.w, None, 2, 1)
         if self.training and self.twice_in_train:
             y = y + F.conv2d(x, self.w, None, 2, 1)
@@ -276,14 +277,14 @@ def test_f_conv2d_call_site_result_follows_train_and_eval(transformed_in_train):
     assert model.training is transformed_in_train
     assert _dcs_names(model) == ["conv2d"]
     assert sorted(model.state_dict()) == sorted(
-        ["stem.weight", "stem.bias", "conv2d.weight", "head.weight", "head.bias"]
+        ["stem.weight", "stem.bias", "conv2d.weight", "head.weight", "head.bias", "shift"]
     )
     shared = {id(p) for p in model.parameters()}
     assert all({id(p) for p in gm.parameters()} == shared for gm in model.graphs.values())
     x = torch.randn(4, 3, 16, 16)
 
     def by_hand(training: bool) -> torch.Tensor:  # the model's forward, the DCS layer for the call
-        y = model.conv2d(torch.relu(model.stem(x)))
+        y = model.conv2d(torch.relu(model.stem(x - model.shift)))
         return model.head(F.dropout(y, 0.5, training).mean((2, 3)))
 
     with dcspass.frozen_taps(model):  # the draw stays fixed; dropout is the only randomness left
@@ -304,6 +305,10 @@ def test_f_conv2d_call_site_result_follows_train_and_eval(transformed_in_train):
         torch.testing.assert_close(model(x), recorded)
     twin = copy.deepcopy(model)  # as EMA and checkpoint code copy models: the graphs follow the copy
     assert twin.graphs[True].conv2d is twin.conv2d is twin.graphs[False].conv2d is not model.conv2d
+    model.double()  # new tensors in the root's own buffer slot: each graph must read them
+    assert all(gm.shift is model.shift and gm.shift.dtype == torch.float64 for gm in model.graphs.values())
+    for training in (True, False):
+        assert model.train(training)(x.double()).dtype == torch.float64
 
 
 def test_f_conv2d_call_site_called_differently_per_mode_keeps_the_trace_mode():
