@@ -238,12 +238,31 @@ def _warn_graph_result(model: nn.Module, result: nn.Module, calls: list[ConvSite
         if frozen
         else ""
     )
+    hooked = _unhooked_modules(model, result)
+    hooks = (
+        f" The hooks on {', '.join(hooked)} will not run: the graph inlines the forward of the model and "
+        "its containers, and calls only its leaf modules."
+        if hooked
+        else ""
+    )
     warnings.warn(
         f"dcspass.transform: the selected F.conv2d call site(s) {_call_sites(calls)} have no module to swap, "
-        f"so the result is {what}; it has only forward.{branches} To keep the class, make the call an "
-        "nn.Conv2d module or leave it out of the policy.",
+        f"so the result is {what}; it has only forward.{branches}{hooks} To keep the class, make the call "
+        "an nn.Conv2d module or leave it out of the policy.",
         stacklevel=3,
     )
+
+
+def _unhooked_modules(model: nn.Module, result: nn.Module) -> list[str]:
+    """The modules of ``model`` with hooks that ``result``'s graphs never call (the root, containers)."""
+    graphs = result.graphs.values() if isinstance(result, ModeSwitchingGraphs) else [result]
+    called = {node.target for gm in graphs for node in gm.graph.nodes if node.op == "call_module"}
+    kinds = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+    return [
+        name or "the model itself"
+        for name, module in model.named_modules()
+        if name not in called and any(getattr(module, kind) for kind in kinds)
+    ]
 
 
 def _call_sites(sites: list[ConvSite]) -> str:

@@ -311,6 +311,16 @@ def test_f_conv2d_call_site_result_follows_train_and_eval(transformed_in_train):
         assert model.train(training)(x.double()).dtype == torch.float64
 
 
+def test_f_conv2d_call_site_warning_names_the_hooks_the_graph_drops():
+    model = nn.Sequential(CallThenDropout())
+    model.register_forward_hook(lambda *args: None)
+    model[0].register_forward_pre_hook(lambda *args: None)  # a container: the graph inlines its forward
+    model[0].stem.register_forward_hook(lambda *args: None)  # a leaf: the graph calls it, the hook runs
+    with pytest.warns(UserWarning, match=r"The hooks on the model itself, 0 will not run") as caught:
+        dcspass.transform(model, "downsample", n=2)
+    assert "0.stem" not in str(caught[0].message)
+
+
 def test_f_conv2d_call_site_called_differently_per_mode_keeps_the_trace_mode():
     torch.manual_seed(0)
     message = (
