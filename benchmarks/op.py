@@ -86,7 +86,8 @@ def main() -> None:
         parser.error(f"unknown shape {unknown}" if unknown else "--batch, --threads, --rounds must be >= 1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, k={K}")
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} thread{'s' * (threads != 1)}, batch {args.batch}, k={K}")
     print(f"allocator: {allocator()}")
     for key in keys:
         for fmt_name, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
