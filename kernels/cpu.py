@@ -183,20 +183,14 @@ def _tapped_weight(weight: torch.Tensor, taps: torch.Tensor, groups: int) -> tor
     return wt.view(-1, cg, groups, c_out // groups).permute(2, 0, 1, 3).reshape(groups, -1, c_out // groups)
 
 
-def _untapped_weight_grad(gwt: torch.Tensor, weight_shape: Sequence[int], taps: list[int]) -> torch.Tensor:
-    """``[groups, n*Cg, Og]`` (rows as ``_tapped_weight``) -> ``[C_out, Cg, k, k]``, zero off the taps.
-
-    Built tap-major, where each tap's slice is one contiguous copy, then transposed in one blocked
-    copy: 3x-4.5x faster than ``index_copy_`` into the taps' strided positions of the weight (measured
-    on 2 cores: 58 against 166 us at 128 x 64 x 5 x 5, 199 against 900 us at 320 x 160 x 5 x 5).
-    """
+def _untapped_weight_grad(gwt: torch.Tensor, weight_shape: Sequence[int], taps: torch.Tensor) -> torch.Tensor:
+    """``[groups, n*Cg, Og]`` (rows as ``_tapped_weight``) -> ``[C_out, Cg, k, k]``, zero off the taps."""
     c_out, cg, k, _ = weight_shape
-    groups, n = gwt.shape[0], len(taps)
-    tap_major = gwt.new_zeros(k * k, cg, groups, c_out // groups)
-    per_tap = gwt.view(groups, n, cg, -1).permute(1, 2, 0, 3)  # [n, Cg, g, Og]
-    for index, tap in enumerate(taps):
-        tap_major[tap].copy_(per_tap[index])
-    return tap_major.view(k * k, cg, c_out).permute(2, 1, 0).reshape(weight_shape)
+    groups, n = gwt.shape[0], taps.numel()
+    grad_weight = gwt.new_zeros(weight_shape)
+    per_tap = gwt.view(groups, n, cg, -1).permute(0, 3, 2, 1).reshape(c_out, cg, n)
+    grad_weight.view(c_out, cg, k * k).index_copy_(2, taps, per_tap)
+    return grad_weight
 
 
 def _group_matmul(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -411,8 +405,7 @@ def dcs_grad_weight(
     c_out, _, k, _ = weight_shape
     h, w = x.shape[-2:]
     hw_out = tuple(grad_out.shape[-2:])
-    tap_list = taps.tolist()
-    windows = tap_windows(tap_list, k, (h, w), hw_out, stride, padding, dilation)
+    windows = tap_windows(taps.tolist(), k, (h, w), hw_out, stride, padding, dilation)
     if _is_depthwise(weight_shape, groups):
         grad_weight = grad_out.new_zeros(weight_shape)
         gw = grad_weight.view(c_out, 1, k * k)
@@ -429,7 +422,7 @@ def dcs_grad_weight(
         for chunk in chunks:
             part = _grad_weight_chunk(grad_out[chunk], x[chunk], None, windows, groups, hw_out, scratch)
             gwt = part if gwt is None else gwt.add_(part)
-    return _untapped_weight_grad(gwt, weight_shape, tap_list)
+    return _untapped_weight_grad(gwt, weight_shape, taps)
 
 
 def _grad_weight_chunk(grad_out, x, cols, windows: list[TapWindow], groups: int, hw_out, scratch=None):

@@ -206,14 +206,23 @@ def test_gradcheck_float64():
 @pytest.mark.parametrize("groups", [1, 2, 4])
 @pytest.mark.parametrize(("stride", "taps"), [([2, 2], [2, 13]), ([1, 1], [0, 6, 12, 24])])
 def test_opcheck(channels_last, groups, stride, taps):
-    """Both forward variants: cols kept for backward (stride 2, n=2) and gathered again (stride 1, n=4)."""
+    """Both forward variants: cols kept for backward (stride 2, n=2) and gathered again (stride 1, n=4).
+    The backward ops too, on their own: their outputs must have the strides their fake kernels
+    promise, which compiled code asserts."""
     x = torch.randn(2, 4, 9, 8)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     w = torch.randn(8, 4 // groups, 5, 5, requires_grad=True)
     b = torch.randn(8, requires_grad=True)
-    args = (x.requires_grad_(), w, b, torch.tensor(taps), stride, [2, 2, 1, 2], [1, 1], groups)
+    geometry = (stride, [2, 2, 1, 2], [1, 1], groups)
+    args = (x.requires_grad_(), w, b, torch.tensor(taps), *geometry)
     torch.library.opcheck(torch.ops.dcspass.dcs_conv2d.default, args)
+    out, cols = torch.ops.dcspass.dcs_conv2d(*args)
+    grad_out = torch.randn_like(out)
+    grad_input_args = (grad_out, list(x.shape), channels_last, w.detach(), torch.tensor(taps), *geometry)
+    torch.library.opcheck(torch.ops.dcspass.dcs_conv2d_grad_input.default, grad_input_args)
+    grad_weight_args = (grad_out, x.detach(), list(w.shape), torch.tensor(taps), *geometry, cols.detach())
+    torch.library.opcheck(torch.ops.dcspass.dcs_conv2d_grad_weight.default, grad_weight_args)
 
 
 @pytest.mark.parametrize(
