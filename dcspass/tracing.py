@@ -17,7 +17,7 @@ from torch import fx, nn
 
 from .layers import DCSConv2d
 
-__all__ = ["ConvTracer", "ModeSwitchingGraphs", "adopt_members", "trace", "trace_in_mode"]
+__all__ = ["ConvTracer", "ModeSwitchingGraphs", "adopt_members", "model_name", "trace", "trace_in_mode"]
 
 
 class ConvTracer(fx.Tracer):
@@ -103,3 +103,11 @@ class ModeSwitchingGraphs(nn.Module):
             for slots, own in ((gm._parameters, self._parameters), (gm._buffers, self._buffers)):
                 slots.update({name: tensor for name, tensor in own.items() if name in slots})
         return self
+
+
+def model_name(model: nn.Module) -> str:
+    """The class name a user knows ``model`` by, for messages and reports: a ``ModeSwitchingGraphs``
+    goes by the model its graphs were traced from (their GraphModule class carries its name)."""
+    if isinstance(model, ModeSwitchingGraphs):
+        return f"{type(model.graphs[model.training]).__name__} (a graph per train/eval mode)"
+    return type(model).__name__

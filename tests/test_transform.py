@@ -15,7 +15,7 @@ from torch import fx, nn
 
 import dcspass
 from dcspass import BoundError, ConfigError, DCSConv2d, DCSConv2dSame, ModelError, PolicyError
-from dcspass.tracing import ModeSwitchingGraphs
+from dcspass.tracing import ModeSwitchingGraphs, model_name
 
 DOWNSAMPLE_RN18 = ["conv1", "layer2.0.conv1", "layer3.0.conv1", "layer4.0.conv1"]
 # EdgeCases has an F.conv2d call site: selecting it makes the result a GraphModule, with a warning.
@@ -274,6 +274,7 @@ def test_f_conv2d_call_site_result_follows_train_and_eval(transformed_in_train):
     with pytest.warns(UserWarning, match=r"call site\(s\) conv2d .*ModeSwitchingGraphs"):
         model = dcspass.transform(original, "downsample", n=2)
     assert isinstance(model, ModeSwitchingGraphs)
+    assert model_name(model) == "CallThenDropout (a graph per train/eval mode)"  # as reports name it
     assert model.training is transformed_in_train
     assert _dcs_names(model) == ["conv2d"]
     assert sorted(model.state_dict()) == sorted(

@@ -14,6 +14,7 @@ from torch import nn
 from ..errors import EvaluationError
 from ..progress import stage
 from ..sampling import dcs_layers
+from ..tracing import model_name
 from .analyses import gradient_cosine, sweeps
 from .budget import Budget, get_budget
 from .context import EvalContext
@@ -102,7 +103,7 @@ def evaluate(
     layers = list(dcs_layers(model))
     if not layers:
         message = (
-            f"{type(model).__name__} has no DCS layer: it is deterministic, so the adaptive-only attacks "
+            f"{model_name(model)} has no DCS layer: it is deterministic, so the adaptive-only attacks "
             "(EOT, exact expectation, known taps) reduce to plain attacks; transform it with "
             "dcspass.transform to evaluate a DCS model"
         )
@@ -223,6 +224,6 @@ def _check_labels(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
 def _describe_model(model: nn.Module, layers: list) -> str:
     params = sum(p.numel() for p in model.parameters())
     if not layers:
-        return f"{type(model).__name__}, {params / 1e6:.2f}M parameters, no DCS layer"
+        return f"{model_name(model)}, {params / 1e6:.2f}M parameters, no DCS layer"
     parts = ", ".join(f"{n} (k={m.kernel_size}, n={m.n}, stride {m.stride[0]})" for n, m in layers)
-    return f"{type(model).__name__}, {params / 1e6:.2f}M parameters, DCS layers: {parts}"
+    return f"{model_name(model)}, {params / 1e6:.2f}M parameters, DCS layers: {parts}"
