@@ -22,9 +22,9 @@ from .functional import pair
 from .policies import ConvSite
 from .tracing import trace
 
-__all__ = ["CONV_FUNCTIONS", "DEFAULT_INPUT_HW", "Discovery", "conv_call_args", "discover"]
+__all__ = ["DEFAULT_INPUT_HW", "Discovery", "conv_call_args", "discover", "is_conv_call"]
 
-CONV_FUNCTIONS = (F.conv2d, torch.conv2d)
+_CONV_FUNCTIONS = (F.conv2d, torch.conv2d)
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
 DEFAULT_INPUT_HW = (64, 64)  # the dry-run input size for untraceable models without example_inputs
@@ -61,6 +61,11 @@ def discover(model: nn.Module, example_inputs: Any = None) -> Discovery:
         reason = f"{type(exc).__name__}: {first_line}"
         return Discovery(_sites_from_dry_run(model, example_inputs), None, reason)
     return Discovery(_sites_from_graph(gm), gm)
+
+
+def is_conv_call(node: fx.Node) -> bool:
+    """Whether ``node`` is a functional ``F.conv2d`` / ``torch.conv2d`` call."""
+    return node.op == "call_function" and node.target in _CONV_FUNCTIONS
 
 
 def conv_call_args(node: fx.Node) -> dict[str, Any]:
@@ -166,7 +171,7 @@ def _sites_from_graph(gm: fx.GraphModule) -> list[ConvSite]:
                 site = _site_from_module(len(sites) + 1, node.target, module)
                 site.node = node
                 sites.append(site)
-        elif node.op == "call_function" and node.target in CONV_FUNCTIONS:
+        elif is_conv_call(node):
             site = _site_from_call(gm, len(sites) + 1, node, seen)
             if site is not None:
                 sites.append(site)

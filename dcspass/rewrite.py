@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .discovery import CONV_FUNCTIONS, conv_call_args
+from .discovery import conv_call_args, is_conv_call
 from .errors import ConfigError
 from .functional import normalize_padding, same_padding
 from .layers import DCSConv2d, DCSConv2dSame
@@ -99,8 +99,9 @@ def _rewrite_call_sites(
     trace in the current mode alone is rewritten, and keeps that mode's branches; its
     ``meta[FROZEN_MODE]`` names the mode.
     """
-    keys = {site.name: _call_key(graph, site.node) for site in calls}
-    weights = {weight for weight, _ in keys.values()}
+    weights = {conv_call_args(site.node)["weight"].target for site in calls}
+    key_of = {node: key for key, node in _calls_by_key(graph, weights).items()}
+    keys = {site.name: key_of[site.node] for site in calls}
     graphs = {mode: trace_in_mode(model, mode) for mode in (model.training, not model.training)}
     found = {mode: _calls_by_key(gm, weights) for mode, gm in graphs.items()}
     if found[True].keys() != found[False].keys():  # no one-to-one match: the trace in the current mode
@@ -120,26 +121,17 @@ def _rewrite_call_sites(
     return ModeSwitchingGraphs(current, graphs)
 
 
-def _call_key(gm: fx.GraphModule, node: fx.Node) -> tuple[str, int]:
-    """``(weight attribute, rank of this call among the graph's F.conv2d calls on that weight)``."""
-    weight = conv_call_args(node)["weight"].target
-    return next(key for key, call in _calls_by_key(gm, {weight}).items() if call is node)
-
-
 def _calls_by_key(gm: fx.GraphModule, weights: set[str]) -> dict[tuple[str, int], fx.Node]:
-    """The graph's F.conv2d calls on any of ``weights``, by ``_call_key``."""
+    """The graph's F.conv2d calls on any of ``weights``, keyed by ``(weight attribute, rank of the call
+    among the graph's calls on that weight)``: the key that matches a call across two traces."""
     ranks: dict[str, int] = {}
     by_key = {}
-    for node in _conv_calls(gm):
+    for node in filter(is_conv_call, gm.graph.nodes):
         weight = conv_call_args(node)["weight"]
         if isinstance(weight, fx.Node) and weight.op == "get_attr" and weight.target in weights:
             by_key[weight.target, ranks.get(weight.target, 0)] = node
             ranks[weight.target] = ranks.get(weight.target, 0) + 1
     return by_key
-
-
-def _conv_calls(gm: fx.GraphModule) -> list[fx.Node]:
-    return [node for node in gm.graph.nodes if node.op == "call_function" and node.target in CONV_FUNCTIONS]
 
 
 def _replace_conv_call(gm: fx.GraphModule, node: fx.Node, name: str, layer: DCSConv2d) -> set[str]:
