@@ -174,6 +174,28 @@ def _(grad_out, x, weight_size, taps, stride, padding, dilation, groups, cols=No
     return grad_out.new_empty(weight_size)
 
 
+# Where x, weight and bias sit among the op's tensor inputs, the order of the autograd node's edges
+# (``ctx.next_functions``); bias is absent when None, and taps come last.
+_X_EDGE, _WEIGHT_EDGE, _BIAS_EDGE = 0, 1, 2
+
+
+def _engine_uses_gradient(ctx, edge: int) -> bool:
+    """Whether the backward pass now running will use the gradient flowing into edge ``edge``.
+
+    ``ctx.needs_input_grad`` only says an input requires grad. ``torch.autograd.grad(loss, x)``, the
+    call of every attack step, needs no weight gradient, and a native convolution skips that GEMM;
+    this asks the engine, as ``torch.autograd.graph.register_multi_grad_hook`` does. Any doubt means
+    yes: the engine refuses to answer for a leaf that ``autograd.grad`` captures (its gradient is
+    wanted), and a context that is not a live autograd node (a compiler tracing the backward) has
+    no edges to ask about.
+    """
+    try:
+        node = ctx.next_functions[edge][0]
+        return node is None or torch._C._will_engine_execute_node(node) is not False
+    except (AttributeError, IndexError, RuntimeError):
+        return True
+
+
 def _setup_context(ctx, inputs, output):
     x, weight, bias, taps, stride, padding, dilation, groups = inputs
     cols = output[1]
@@ -190,15 +212,15 @@ def _backward(ctx, grad_out, _grad_cols):
     grad_x = grad_w = grad_b = None
     if grad_out is None:  # grads are not materialised (see _setup_context)
         return grad_x, grad_w, grad_b, None, None, None, None, None
-    if ctx.needs_input_grad[0]:
+    if ctx.needs_input_grad[0] and _engine_uses_gradient(ctx, _X_EDGE):
         grad_x = dcs_conv2d_grad_input(
             grad_out, list(x.shape), _channels_last(x), weight, taps, stride, padding, dilation, groups
         )
-    if ctx.needs_input_grad[1]:
+    if ctx.needs_input_grad[1] and _engine_uses_gradient(ctx, _WEIGHT_EDGE):
         grad_w = dcs_conv2d_grad_weight(
             grad_out, x, list(weight.shape), taps, stride, padding, dilation, groups, cols
         )
-    if ctx.has_bias and ctx.needs_input_grad[2]:
+    if ctx.has_bias and ctx.needs_input_grad[2] and _engine_uses_gradient(ctx, _BIAS_EDGE):
         grad_b = grad_out.sum((0, 2, 3))
     return grad_x, grad_w, grad_b, None, None, None, None, None
 

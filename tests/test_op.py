@@ -202,6 +202,62 @@ def test_gradcheck_float64():
     )
 
 
+def _grads_wanted_by(request: str, x, w, b, loss):
+    """Run the backward ``request`` names; the gradients it returns or accumulates, by name."""
+    if request == "backward()":
+        loss.backward()
+        return {"x": x.grad, "w": w.grad, "b": b.grad}
+    if request == "backward(inputs=[b])":
+        loss.backward(inputs=[b])
+        return {"b": b.grad}
+    names = request.removeprefix("grad wrt ").split(",")
+    return dict(
+        zip(names, torch.autograd.grad(loss, [{"x": x, "w": w, "b": b}[n] for n in names]), strict=True)
+    )
+
+
+@pytest.mark.parametrize("x_is_leaf", [True, False])
+@pytest.mark.parametrize(
+    ("request_", "passes"),
+    [
+        ("grad wrt x", {"input"}),  # every attack step: no weight gradient
+        ("grad wrt w", {"weight"}),
+        ("grad wrt x,w", {"input", "weight"}),
+        ("grad wrt w,b", {"weight"}),
+        ("backward()", {"input", "weight"}),
+        ("backward(inputs=[b])", set()),
+    ],
+)
+def test_backward_runs_only_the_passes_the_engine_uses(monkeypatch, x_is_leaf, request_, passes):
+    """A gradient nobody asked for is not computed (as a native conv skips it), and the ones asked
+    for match a backward that computes everything."""
+    ran = []
+    for name, fn in (("input", cpu.dcs_grad_input), ("weight", cpu.dcs_grad_weight)):
+        monkeypatch.setattr(
+            cpu, f"dcs_grad_{name}", lambda *a, _f=fn, _n=name, **k: ran.append(_n) or _f(*a, **k)
+        )
+    leaf = torch.randn(2, 4, 9, 9, requires_grad=True)
+    x = leaf if x_is_leaf else leaf * 1.5
+    if not x_is_leaf:
+        x.retain_grad()  # so backward() leaves its gradient in x.grad
+    w = torch.randn(6, 4, 5, 5, requires_grad=True)
+    b = torch.randn(6, requires_grad=True)
+    taps, geometry = torch.tensor([2, 13, 21]), dict(stride=2, padding=2)
+    loss = (dcs_conv2d(x, w, b, taps, **geometry) ** 2).sum()
+    got = _grads_wanted_by(request_, x, w, b, loss)
+    assert set(ran) == passes and len(ran) == len(passes)
+    xr, wr, br = (t.detach().requires_grad_() for t in (x, w, b))
+    expected = dict(
+        zip(
+            "xwb",
+            torch.autograd.grad((masked_conv2d(xr, wr, br, taps, **geometry) ** 2).sum(), (xr, wr, br)),
+            strict=True,
+        )
+    )
+    for name, grad in got.items():
+        torch.testing.assert_close(grad, expected[name], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("groups", [1, 2, 4])
 @pytest.mark.parametrize(("stride", "taps"), [([2, 2], [2, 13]), ([1, 1], [0, 6, 12, 24])])
