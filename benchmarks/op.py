@@ -10,18 +10,19 @@ Shapes (batch 64 unless ``--batch``; k = 5):
 
 Each candidate runs forward and ``torch.autograd.grad`` of a fixed random ``grad_out`` with respect to
 the input and the weight (no ``.grad`` accumulation, which is no part of a layer's cost), in NCHW and
-in channels_last. A fourth row, the GEMM floor, runs the DCS layer's three GEMMs alone (forward,
-grad-input, grad-weight) on warm, preallocated operands and outputs: no gather, no scatter, no
-allocation, no autograd. Its ratio against the masked dense conv is the ceiling of this design (one
-GEMM per pass) on the machine at hand; the DCS row's distance to it is what data movement, memory
-allocation and dispatch cost. Candidates run interleaved (``_timing.compare``); ratios are medians of
-per-round ratios. Beside them: the DCS layer's achieved GFLOP/s (its three GEMMs, ``2*M*N*K`` each) and, from
-``torch.profiler`` over a few calls, the share of its time in GEMMs, in data movement (copies, fills,
-adds, index ops) and in the rest. The header names the malloc the process runs on (a preloaded
-jemalloc or tcmalloc, or the C library's with any ``MALLOC_*`` tunables): it moves every candidate's
-time, the DCS layer's most (docs/performance.md).
+in channels_last; ``--grads input`` asks for the input's gradient alone, as every attack step does
+(each candidate then skips its weight-gradient pass). A fourth row, the GEMM floor, runs the DCS
+layer's GEMMs alone (forward, grad-input and, unless ``--grads input``, grad-weight) on warm,
+preallocated operands and outputs: no gather, no scatter, no allocation, no autograd. Its ratio against
+the masked dense conv is the ceiling of this design (one GEMM per pass) on the machine at hand; the DCS
+row's distance to it is what data movement, memory allocation and dispatch cost. Candidates run
+interleaved (``_timing.compare``); ratios are medians of per-round ratios. Beside them: the DCS layer's
+achieved GFLOP/s (its GEMMs, ``2*M*N*K`` each) and, from ``torch.profiler`` over a few calls, the share
+of its time in GEMMs, in data movement (copies, fills, adds, index ops) and in the rest. The header
+names the malloc the process runs on (a preloaded jemalloc or tcmalloc, or the C library's with any
+``MALLOC_*`` tunables): it moves every candidate's time, the DCS layer's most (docs/performance.md).
 
-Run: ``python benchmarks/op.py [--threads N] [--rounds R] [--shapes rn18,wrn]``.
+Run: ``python benchmarks/op.py [--threads N] [--rounds R] [--shapes rn18,wrn] [--grads input]``.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ SHAPES = {
 DCS = "DCSConv2d"
 MASKED = "masked dense 5x5 conv"
 CONV3 = "3x3 conv (replaced)"
-FLOOR = "GEMM floor (DCS's 3 GEMMs alone)"
+FLOOR = "GEMM floor (DCS's GEMMs alone)"
 
 
 def main() -> None:
@@ -79,6 +80,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
+    parser.add_argument(
+        "--grads",
+        choices=("input+weight", "input"),
+        default="input+weight",
+        help="the gradients each backward computes: a training step's, or an attack step's (input only)",
+    )
     args = parser.parse_args()
     keys = args.shapes.split(",")
     unknown = [key for key in keys if key not in SHAPES]
@@ -89,9 +96,11 @@ def main() -> None:
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} thread{'s' * (threads != 1)}, batch {args.batch}, k={K}")
     print(f"allocator: {allocator()}")
+    print(f"backward: the gradients of the {args.grads.replace('+', ' and the ')}")
+    with_weight = args.grads == "input+weight"
     for key in keys:
         for fmt_name, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
-            run_shape(SHAPES[key], args.batch, fmt_name, fmt, args.rounds)
+            run_shape(SHAPES[key], args.batch, fmt_name, fmt, args.rounds, with_weight)
 
 
 def allocator() -> str:
@@ -110,25 +119,28 @@ def allocator() -> str:
     return "the C library's malloc" + (f" ({' '.join(tunables)})" if tunables else ", default settings")
 
 
-def run_shape(shape: Shape, batch: int, fmt_name: str, fmt: torch.memory_format, rounds: int) -> None:
+def run_shape(
+    shape: Shape, batch: int, fmt_name: str, fmt: torch.memory_format, rounds: int, with_weight: bool
+) -> None:
     x = torch.randn(batch, shape.c_in, shape.hw, shape.hw).to(memory_format=fmt).requires_grad_()
-    fns = candidates(x, shape)
+    fns = candidates(x, shape, with_weight)
     result = compare(fns, baseline=MASKED, rounds=rounds)
     conv3 = result[CONV3]["median_s"]
     for row in result.values():
         row["speedup_vs_3x3"] = conv3 / row["median_s"]
     hw_out = (shape.hw - 1) // shape.stride + 1
-    gemm_flop = 3 * 2 * (batch * hw_out * hw_out) * shape.c_out * (shape.n * shape.c_in)
+    gemms = 3 if with_weight else 2
+    gemm_flop = gemms * 2 * (batch * hw_out * hw_out) * shape.c_out * (shape.n * shape.c_in)
     dcs_s = result[DCS]["median_s"]
     print_table(
-        f"fwd+bwd, {shape.name}: {shape.c_in} -> {shape.c_out}, {shape.hw}x{shape.hw}, "
-        f"stride {shape.stride}, n={shape.n}, {fmt_name} input",
+        f"fwd+bwd{'' if with_weight else ' (input gradient only)'}, {shape.name}: {shape.c_in} -> "
+        f"{shape.c_out}, {shape.hw}x{shape.hw}, stride {shape.stride}, n={shape.n}, {fmt_name} input",
         result,
     )
     shares = time_shares(fns[DCS])
     floor_s = result[FLOOR]["median_s"]
     print(
-        f"DCS: {gemm_flop / dcs_s / 1e9:.1f} GFLOP/s over its 3 GEMMs ({gemm_flop / 1e9:.2f} GFLOP; "
+        f"DCS: {gemm_flop / dcs_s / 1e9:.1f} GFLOP/s over its {gemms} GEMMs ({gemm_flop / 1e9:.2f} GFLOP; "
         f"the GEMMs alone run at {gemm_flop / floor_s / 1e9:.1f}); "
         f"FLOP limit vs masked dense {K * K / shape.n:.1f}x; "
         f"DCS takes {dcs_s / floor_s:.2f}x its GEMM floor; time in GEMMs {shares['gemm']:.0%}, "
@@ -136,8 +148,9 @@ def run_shape(shape: Shape, batch: int, fmt_name: str, fmt: torch.memory_format,
     )
 
 
-def candidates(x: torch.Tensor, shape: Shape) -> dict:
-    """fwd+bwd closures: the DCS layer, the masked dense k x k conv, and the 3x3 conv DCS replaces."""
+def candidates(x: torch.Tensor, shape: Shape, with_weight: bool) -> dict:
+    """fwd+bwd closures: the DCS layer, the masked dense k x k conv, and the 3x3 conv DCS replaces; each
+    backward asks for the input's gradient, and the weight's when ``with_weight``."""
     c_in, c_out, stride, n = shape.c_in, shape.c_out, shape.stride, shape.n
     dcs = dcspass.DCSConv2d(c_in, c_out, K, n, stride=stride, padding=K // 2, bias=False)
     dense3 = torch.nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
@@ -145,17 +158,20 @@ def candidates(x: torch.Tensor, shape: Shape) -> dict:
     hw_out = (shape.hw - 1) // stride + 1
     grad_out = torch.randn(x.shape[0], c_out, hw_out, hw_out).to(memory_format=_format(x))
 
+    def wrt(weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (x, weight) if with_weight else (x,)
+
     def run_dcs():
-        torch.autograd.grad(dcs(x), (x, dcs.weight), grad_out)
+        torch.autograd.grad(dcs(x), wrt(dcs.weight), grad_out)
 
     def run_masked():
         mask = torch.zeros(K * K).index_fill_(0, dcs.draw_taps(), 1.0).view(K, K)
-        torch.autograd.grad(F.conv2d(x, w_dense * mask, None, stride, K // 2), (x, w_dense), grad_out)
+        torch.autograd.grad(F.conv2d(x, w_dense * mask, None, stride, K // 2), wrt(w_dense), grad_out)
 
     def run_conv3():
-        torch.autograd.grad(dense3(x), (x, dense3.weight), grad_out)
+        torch.autograd.grad(dense3(x), wrt(dense3.weight), grad_out)
 
-    # A DCS fwd+bwd's three GEMMs ([M, n*C_in] x [n*C_in, C_out] and its two transposes) and nothing else.
+    # A DCS fwd+bwd's GEMMs ([M, n*C_in] x [n*C_in, C_out] and its transposes) and nothing else.
     m, kn = x.shape[0] * hw_out * hw_out, n * c_in
     cols, w_taps, g = torch.randn(m, kn), torch.randn(kn, c_out), torch.randn(m, c_out)
     out, grad_cols, grad_w = torch.empty(m, c_out), torch.empty(m, kn), torch.empty(kn, c_out)
@@ -163,7 +179,8 @@ def candidates(x: torch.Tensor, shape: Shape) -> dict:
     def run_floor():
         torch.mm(cols, w_taps, out=out)
         torch.mm(g, w_taps.t(), out=grad_cols)
-        torch.mm(cols.t(), g, out=grad_w)
+        if with_weight:
+            torch.mm(cols.t(), g, out=grad_w)
 
     return {MASKED: run_masked, CONV3: run_conv3, DCS: run_dcs, FLOOR: run_floor}
 
