@@ -5,7 +5,10 @@ supply its own kernel for each:
 
 - ``dcspass::dcs_conv2d(x, weight, bias, taps, stride, padding, dilation, groups) -> (out, cols)``
 - ``dcspass::dcs_conv2d_grad_input(grad_out, x_size, channels_last, weight, taps, ...)``
-- ``dcspass::dcs_conv2d_grad_weight(grad_out, x, weight_size, taps, ..., cols=None)``
+- ``dcspass::dcs_conv2d_grad_weight(grad_out, x, weight_size, taps, ..., cols, channels_last_weight)``
+
+The weight gradient comes in the weight's own layout (``channels_last_weight``), so autograd hands
+it to ``weight.grad`` without the copy it makes when the layouts differ.
 
 ``cols`` is what the forward gathered (the n tapped windows of ``x``, flattened) when the PyTorch
 backend ran it and ``kernels.cpu.keeps_cols`` says it is small enough to keep, else an empty tensor:
@@ -161,17 +164,23 @@ def dcs_conv2d_grad_weight(
     dilation: list[int],
     groups: int,
     cols: Tensor | None = None,
+    channels_last_weight: bool = False,
 ) -> Tensor:
     weight_meta = torch.empty(weight_size, device="meta", dtype=x.dtype)
     args = (grad_out, x, tuple(weight_size), taps, tuple(stride), tuple(padding), tuple(dilation), groups)
+    fmt = torch.channels_last if channels_last_weight else torch.contiguous_format
     backend = _backend(x, weight_meta, groups)
-    return cpu.dcs_grad_weight(*args, cols=cols) if backend is cpu else backend.dcs_grad_weight(*args)
+    if backend is cpu:
+        return cpu.dcs_grad_weight(*args, cols=cols, weight_format=fmt)
+    return backend.dcs_grad_weight(*args, weight_format=fmt)
 
 
 @dcs_conv2d_grad_weight.register_fake
-def _(grad_out, x, weight_size, taps, stride, padding, dilation, groups, cols=None):
+def _(
+    grad_out, x, weight_size, taps, stride, padding, dilation, groups, cols=None, channels_last_weight=False
+):
     _load_backends_for(x)
-    return grad_out.new_empty(weight_size)
+    return _empty_nchw(weight_size, grad_out, channels_last_weight)
 
 
 # Where x, weight and bias sit among the op's tensor inputs, the order of the autograd node's edges
@@ -218,7 +227,16 @@ def _backward(ctx, grad_out, _grad_cols):
         )
     if ctx.needs_input_grad[1] and _engine_uses_gradient(ctx, _WEIGHT_EDGE):
         grad_w = dcs_conv2d_grad_weight(
-            grad_out, x, list(weight.shape), taps, stride, padding, dilation, groups, cols
+            grad_out,
+            x,
+            list(weight.shape),
+            taps,
+            stride,
+            padding,
+            dilation,
+            groups,
+            cols,
+            _channels_last(weight),
         )
     if ctx.has_bias and ctx.needs_input_grad[2] and _engine_uses_gradient(ctx, _BIAS_EDGE):
         grad_b = grad_out.sum((0, 2, 3))

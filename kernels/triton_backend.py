@@ -131,10 +131,20 @@ def dcs_conv2d_grad_weight_triton(
     padding: list[int],
     dilation: list[int],
     groups: int,
+    channels_last_weight: bool = False,
 ) -> Tensor:
     """The grad-weight kernel as an op; arguments as ``dcspass::dcs_conv2d_grad_weight``."""
+    fmt = torch.channels_last if channels_last_weight else torch.contiguous_format
     return triton_grad_weight.dcs_grad_weight(
-        grad_out, x, tuple(weight_size), taps, tuple(stride), tuple(padding), tuple(dilation), groups
+        grad_out,
+        x,
+        tuple(weight_size),
+        taps,
+        tuple(stride),
+        tuple(padding),
+        tuple(dilation),
+        groups,
+        weight_format=fmt,
     )
 
 
@@ -174,10 +184,22 @@ def dcs_grad_input(grad_out, x_shape, x_format, weight, taps, stride, padding, d
     )
 
 
-def dcs_grad_weight(grad_out, x, weight_shape, taps, stride, padding, dilation, groups: int) -> Tensor:
+def dcs_grad_weight(
+    grad_out,
+    x,
+    weight_shape,
+    taps,
+    stride,
+    padding,
+    dilation,
+    groups: int,
+    weight_format=torch.contiguous_format,
+) -> Tensor:
     """``kernels.cpu.dcs_grad_weight`` on the Triton kernel when the launcher supports the call."""
     if not triton_grad_weight.supports(grad_out, x):
-        return cpu.dcs_grad_weight(grad_out, x, weight_shape, taps, stride, padding, dilation, groups)
+        return cpu.dcs_grad_weight(
+            grad_out, x, weight_shape, taps, stride, padding, dilation, groups, weight_format=weight_format
+        )
     return triton_grad_weight.dcs_grad_weight(
         grad_out,
         x,
@@ -187,6 +209,7 @@ def dcs_grad_weight(grad_out, x, weight_shape, taps, stride, padding, dilation, 
         tuple(padding),
         tuple(dilation),
         groups,
+        weight_format=weight_format,
         traceable=False,
     )
 
@@ -210,7 +233,7 @@ def _grad_input_qualifies(grad_out, x_size, channels_last, weight, taps, stride,
 
 
 def _grad_weight_qualifies(
-    grad_out, x, weight_size, taps, stride, padding, dilation, groups, cols=None
+    grad_out, x, weight_size, taps, stride, padding, dilation, groups, cols=None, channels_last_weight=False
 ) -> bool:
     # As kernels.op does for this op: there is no weight tensor, so x stands in for its dtype; the
     # launcher's supports() then checks grad_out's dtype against x's.
@@ -239,8 +262,12 @@ def _forward_keeping_no_cols(x, weight, bias, taps, stride, padding, dilation, g
     return dcs_conv2d_triton(x, weight, bias, taps, stride, padding, dilation, groups), x.new_empty(0)
 
 
-def _grad_weight_ignoring_cols(grad_out, x, weight_size, taps, stride, padding, dilation, groups, cols=None):
-    return dcs_conv2d_grad_weight_triton(grad_out, x, weight_size, taps, stride, padding, dilation, groups)
+def _grad_weight_ignoring_cols(
+    grad_out, x, weight_size, taps, stride, padding, dilation, groups, cols=None, channels_last_weight=False
+):
+    return dcs_conv2d_grad_weight_triton(
+        grad_out, x, weight_size, taps, stride, padding, dilation, groups, channels_last_weight
+    )
 
 
 _registered = False

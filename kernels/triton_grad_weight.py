@@ -148,11 +148,13 @@ def dcs_grad_weight(
     dilation: tuple[int, int],
     groups: int,
     *,
+    weight_format: torch.memory_format = torch.contiguous_format,
     traceable: bool = True,
 ) -> torch.Tensor:
     """Launch the grad-weight kernel: the full ``[C_out, C_in/groups, k, k]`` gradient, zero off the taps.
 
-    Same contract as ``kernels.cpu.dcs_grad_weight``; the result has ``grad_out``'s dtype.
+    Same contract as ``kernels.cpu.dcs_grad_weight``; the result has ``grad_out``'s dtype and
+    ``weight_format``'s layout.
 
     ``traceable``: launch through ``wrap_triton`` (the ``triton_op`` bodies, which torch.compile traces);
     False launches the kernel itself, for eager calls (why: ``kernels.triton_backend``).
@@ -184,6 +186,8 @@ def dcs_grad_weight(
         BLOCK_O=block_o, BLOCK_I=block_i,
     )  # fmt: skip
     tapped = partials.sum(0).permute(1, 2, 0)  # [C_out, C_in/groups, n]
-    grad_w = torch.zeros(weight_shape, dtype=grad_out.dtype, device=grad_out.device)
+    grad_w = torch.empty(
+        weight_shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=weight_format
+    ).zero_()
     grad_w.view(c_out, c_in_g, k * k).index_copy_(2, taps, tapped.to(grad_out.dtype))
     return grad_w  # the base tensor, not a view of it (an op's output must not be a view)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import pytest
 import torch
@@ -279,6 +279,46 @@ def test_opcheck(channels_last, groups, stride, taps):
     torch.library.opcheck(torch.ops.dcspass.dcs_conv2d_grad_input.default, grad_input_args)
     grad_weight_args = (grad_out, x.detach(), list(w.shape), torch.tensor(taps), *geometry, cols.detach())
     torch.library.opcheck(torch.ops.dcspass.dcs_conv2d_grad_weight.default, grad_weight_args)
+    # A channels_last weight gets its gradient in that layout (autograd then need not copy it).
+    torch.library.opcheck(torch.ops.dcspass.dcs_conv2d_grad_weight.default, (*grad_weight_args, True))
+    gw = torch.ops.dcspass.dcs_conv2d_grad_weight(*grad_weight_args, True)
+    assert gw.stride() == w.detach().to(memory_format=torch.channels_last).stride()
+
+
+@pytest.mark.parametrize("weight_format", [torch.contiguous_format, torch.channels_last])
+def test_weight_grad_takes_the_weight_layout_and_value(weight_format):
+    """``weight.grad`` has the weight's strides and the masked conv's value, whatever the layout."""
+    x = torch.randn(3, 6, 8, 8, requires_grad=True)
+    w = torch.randn(10, 6, 5, 5).to(memory_format=weight_format).requires_grad_()
+    taps = torch.tensor([1, 12, 23])
+    dcs_conv2d(x, w, None, taps, 2, 2).square().sum().backward()
+    wr = w.detach().contiguous().requires_grad_()
+    masked_conv2d(x.detach(), wr, None, taps, 2, 2).square().sum().backward()
+    assert w.grad.stride() == w.stride()
+    torch.testing.assert_close(w.grad, wr.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("chunk_bytes", [None, 2000])
+def test_nchw_deep_layer_runs_one_gemm_and_matches_masked_conv2d(bias, groups, chunk_bytes):
+    """Many channels over few positions (as ResNet's last stage): NCHW input takes the one-GEMM path,
+    whose output and input gradient are converted back to NCHW, and still equals the masked conv."""
+    x = torch.randn(3, 32, 4, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(48, 32 // groups, 5, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(48, dtype=torch.float64, requires_grad=True) if bias else None
+    taps = torch.tensor([0, 7, 18])
+    assert cpu._one_gemm(x.shape, w.shape, 3, (2, 2), groups, torch.contiguous_format)
+    with _chunking(chunk_bytes) if chunk_bytes else nullcontext():
+        out = dcs_conv2d(x, w, b, taps, 2, 2, 1, groups)
+        grad_out = torch.randn_like(out)
+        grads = torch.autograd.grad(out, [t for t in (x, w, b) if t is not None], grad_out)
+    ref = masked_conv2d(x, w, b, taps, 2, 2, 1, groups)
+    ref_grads = torch.autograd.grad(ref, [t for t in (x, w, b) if t is not None], grad_out)
+    assert out.is_contiguous() and grads[0].is_contiguous()
+    torch.testing.assert_close(out, ref)
+    for got, expected in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.parametrize(

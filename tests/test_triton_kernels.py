@@ -356,6 +356,14 @@ def test_triton_ops_match_the_public_ops():
     torch.testing.assert_close(gx, op.dcs_conv2d_grad_input(out, list(x.shape), True, w, taps, *geo), **FP32)
     gw = torch.ops.dcspass.dcs_conv2d_grad_weight_triton(out, x, list(w.shape), taps, *geo)
     torch.testing.assert_close(gw, op.dcs_conv2d_grad_weight(out, x, list(w.shape), taps, *geo), **FP32)
+    # A channels_last weight's gradient comes in that layout, from the kernel as from the PyTorch path.
+    gw_cl = torch.ops.dcspass.dcs_conv2d_grad_weight_triton(out, x, list(w.shape), taps, *geo, True)
+    assert gw_cl.stride() == gw.contiguous(memory_format=torch.channels_last).stride()
+    torch.testing.assert_close(gw_cl, gw, rtol=0, atol=0)
+    with triton_backend.interpreting_on_cpu():
+        eager = op.dcs_conv2d_grad_weight(out, x, list(w.shape), taps, *geo, None, True)
+    assert eager.stride() == gw_cl.stride()
+    torch.testing.assert_close(eager, gw, **FP32)
 
 
 def test_compile_on_cpu_keeps_the_pytorch_path():
