@@ -7,6 +7,9 @@ Shapes (batch 64 unless ``--batch``; k = 5):
 - ``rn18-s1``: ResNet-18 ``layer1.0.conv1`` (64 -> 64, 32x32, stride 1), n = 2: the paper's placement.
 - ``wrn``: WRN-34-10 ``block2.layer.0.conv1`` (160 -> 320, 32x32, stride 2), n = 2.
 - ``rn50``: ResNet-50 ``layer2.0.conv2`` (128 -> 128, 32x32, stride 2), n = 2.
+- ``rn18-l3``, ``rn18-l4``: CIFAR ResNet-18 ``layer3.0.conv1`` (128 -> 256, 16x16) and ``layer4.0.conv1``
+  (256 -> 512, 8x8), stride 2, n = 2: the deeper layers of the ``downsample`` policy (not in the
+  default set, which is the goals' shapes).
 
 Each candidate runs forward and ``torch.autograd.grad`` of a fixed random ``grad_out`` with respect to
 the input and the weight (no ``.grad`` accumulation, which is no part of a layer's cost), in NCHW and
@@ -67,7 +70,10 @@ SHAPES = {
     "rn18-s1": Shape("ResNet-18 layer1.0.conv1 (stride 1)", 64, 64, 32, 1, 2),
     "wrn": Shape("WRN-34-10 block2.layer.0.conv1", 160, 320, 32, 2, 2),
     "rn50": Shape("ResNet-50 layer2.0.conv2", 128, 128, 32, 2, 2),
+    "rn18-l3": Shape("ResNet-18 layer3.0.conv1", 128, 256, 16, 2, 2),
+    "rn18-l4": Shape("ResNet-18 layer4.0.conv1", 256, 512, 8, 2, 2),
 }
+DEFAULT_SHAPES = ("rn18", "rn18-n4", "rn18-s1", "wrn", "rn50")
 DCS = "DCSConv2d"
 MASKED = "masked dense 5x5 conv"
 CONV3 = "3x3 conv (replaced)"
@@ -79,7 +85,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
+    parser.add_argument(
+        "--shapes", default=",".join(DEFAULT_SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}"
+    )
     parser.add_argument(
         "--grads",
         choices=("input+weight", "input"),
