@@ -7,7 +7,7 @@ from contextlib import contextmanager, nullcontext
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import dcspass
@@ -114,6 +114,21 @@ def test_all_taps_equal_conv2d(case):
 
 @given(conv_cases(full=False))
 def test_subset_of_taps_equals_masked_conv2d(case):
+    _check_against(case, masked_conv2d)
+
+
+@given(conv_cases(full=False), st.integers(3, 8))
+def test_nchw_one_gemm_path_equals_masked_conv2d(case, widen):
+    """NCHW input with many channels over few positions runs the one-GEMM passes (``cpu._one_gemm``)
+    and converts back to NCHW: every geometry, values and gradients."""
+    case = {**case, "c_in": case["c_in"] * widen, "c_out": case["c_out"] * widen, "channels_last": False}
+    x, w, _ = _tensors(case)
+    geometry = (case["stride"], case["padding"], case["dilation"], case["groups"])
+    hw_out = masked_conv2d(x.detach(), w.detach(), None, case["taps"], *geometry).shape[-2:]
+    assume(not cpu._is_depthwise(w.shape, case["groups"]))
+    assume(
+        cpu._one_gemm(x.shape, w.shape, len(case["taps"]), hw_out, case["groups"], torch.contiguous_format)
+    )
     _check_against(case, masked_conv2d)
 
 
