@@ -15,14 +15,17 @@ is one GEMM against the tapped weight ``[n*C_in/groups, C_out/groups]`` with no 
   (BLAS reads the transposed operand in place): one batched GEMM over images, no layout conversion
   of the input, the output, ``grad_out`` or the input gradient. Grad-input's GEMM there is
   ``W_taps @ grad_out_b``, whose result is already in NCHW order for the adds into the input gradient.
+  Deep layers (many channels over few output positions) are the exception: their per-image weight
+  gradients, summed over the batch, cost more than converting the output, ``grad_out`` and the input
+  gradient once, so NCHW input there runs the channels_last passes (``_one_gemm``).
 
 Padding is never materialised: each tap's window is clipped to the part that lies inside the input,
 and only the rest of that tap's ``cols`` columns is zeroed (a thin border, not the whole buffer).
 Backward mirrors this: ``grad_cols`` is added window by window into a zeroed input gradient
 (measured: one memset plus n adds beats writing each stride phase once, because strided fills are
 slow), and the weight gradient is written into the n tapped positions of a zero
-``[C_out, C_in/groups, k, k]`` gradient. The forward keeps ``cols`` for the weight gradient while
-they are small (``keeps_cols``), so backward does not gather again.
+``[C_out, C_in/groups, k, k]`` gradient, in the weight's own layout. The forward keeps ``cols`` for
+the weight gradient while they are small (``keeps_cols``), so backward does not gather again.
 
 Large batches go a few images at a time. glibc serves every allocation of 32 MiB or more (its largest
 mmap threshold) with fresh pages, which the kernel maps and zero-fills one 4 KiB page fault at a
