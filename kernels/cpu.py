@@ -325,7 +325,7 @@ def _forward(x, weight, bias, taps, stride, padding: Pads, dilation, groups: int
     windows = tap_windows(taps.tolist(), k, (h, w), hw_out, stride, padding, dilation)
     if _is_depthwise(weight.shape, groups):
         fmt = _memory_format(x)
-        out = torch.empty((b, c_out, *hw_out), dtype=x.dtype, device=x.device, memory_format=fmt).zero_()
+        out = _zeros((b, c_out, *hw_out), x, fmt)
         wt = weight.flatten(1).index_select(1, taps)  # [C, n]
         for win in windows:
             if not win.empty():

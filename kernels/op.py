@@ -41,6 +41,7 @@ __all__ = [
     "dcs_conv2d",
     "dcs_conv2d_grad_input",
     "dcs_conv2d_grad_weight",
+    "memory_format",
     "register_backend",
     "register_backend_loader",
 ]
@@ -85,9 +86,13 @@ def _channels_last(x: Tensor) -> bool:
     return cpu._memory_format(x) == torch.channels_last
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The layout a boolean op argument (``channels_last``, ``channels_last_weight``) names."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def _empty_nchw(size, like: Tensor, channels_last: bool) -> Tensor:
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty(size, dtype=like.dtype, device=like.device, memory_format=fmt)
+    return torch.empty(size, dtype=like.dtype, device=like.device, memory_format=memory_format(channels_last))
 
 
 @torch.library.custom_op("dcspass::dcs_conv2d", mutates_args=())
@@ -141,7 +146,7 @@ def dcs_conv2d_grad_input(
     dilation: list[int],
     groups: int,
 ) -> Tensor:
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = memory_format(channels_last)
     return _backend(grad_out, weight, groups).dcs_grad_input(
         grad_out, tuple(x_size), fmt, weight, taps, tuple(stride), tuple(padding), tuple(dilation), groups
     )
@@ -168,7 +173,7 @@ def dcs_conv2d_grad_weight(
 ) -> Tensor:
     weight_meta = torch.empty(weight_size, device="meta", dtype=x.dtype)
     args = (grad_out, x, tuple(weight_size), taps, tuple(stride), tuple(padding), tuple(dilation), groups)
-    fmt = torch.channels_last if channels_last_weight else torch.contiguous_format
+    fmt = memory_format(channels_last_weight)
     backend = _backend(x, weight_meta, groups)
     if backend is cpu:
         return cpu.dcs_grad_weight(*args, cols=cols, weight_format=fmt)

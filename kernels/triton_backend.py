@@ -115,7 +115,7 @@ def dcs_conv2d_grad_input_triton(
     groups: int,
 ) -> Tensor:
     """The grad-input kernel as an op; arguments as ``dcspass::dcs_conv2d_grad_input``."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = op.memory_format(channels_last)
     return triton_grad_input.dcs_grad_input(
         grad_out, tuple(x_size), fmt, weight, taps, tuple(stride), tuple(padding), tuple(dilation), groups
     )
@@ -134,7 +134,7 @@ def dcs_conv2d_grad_weight_triton(
     channels_last_weight: bool = False,
 ) -> Tensor:
     """The grad-weight kernel as an op; arguments as ``dcspass::dcs_conv2d_grad_weight``."""
-    fmt = torch.channels_last if channels_last_weight else torch.contiguous_format
+    fmt = op.memory_format(channels_last_weight)
     return triton_grad_weight.dcs_grad_weight(
         grad_out,
         x,
