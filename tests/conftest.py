@@ -8,6 +8,7 @@ With a CUDA device a plain ``pytest`` runs the real kernels (the interpreter-onl
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch  # importing torch does not import Triton; Triton reads TRITON_INTERPRET when it is imported
 
@@ -34,3 +35,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+CIFAR10_ROOT = Path(__file__).resolve().parents[1] / "data"
+
+
+@pytest.fixture(scope="session")
+def cifar10_root() -> Path:
+    """The repository's ``data/`` folder with CIFAR-10's binary release, as the setup step fetches it.
+
+    Skipped where it was never fetched, except under CI (``CI`` set), whose setup always fetches it:
+    there a missing release fails the test instead of hiding behind a skip.
+    """
+    if not (CIFAR10_ROOT / "cifar-10-batches-bin").is_dir():
+        message = "CIFAR-10 not fetched: run `python -m dcspass data fetch cifar10`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return CIFAR10_ROOT
