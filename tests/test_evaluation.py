@@ -17,7 +17,7 @@ from dcspass.data import fashion_mnist_tensors
 from dcspass.errors import EvaluationError
 from dcspass.evaluation import Budget, compare_gradient_cosine, evaluate, get_budget, plot_cosine_comparison
 from dcspass.evaluation.analyses import gradient_cosine, overlap_classes
-from dcspass.evaluation.attacks import ExpectedModel, pgd
+from dcspass.evaluation.attacks import ExpectedModel, apgd, autoattack_paper, pgd, square
 from dcspass.evaluation.context import EvalContext
 from dcspass.evaluation.draws import DrawRunner, TapSets, all_tap_sets
 from dcspass.evaluation.protocols import known_taps_batch
@@ -141,6 +141,26 @@ def test_exact_expectation_equals_independent_average(trained, fmnist_test):
 
     torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(g_fast, g_ref, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["AutoAttack (paper)", "APGD", "Square"])
+def test_reseeding_attacks_leave_the_draws_that_follow_them_independent(trained, fmnist_test, name):
+    """torchattacks' APGD, APGD-T and Square reseed torch's global generator on every call. Two batches
+    attacked alike must still hand different draws to the rows and batches after them, as the
+    intervals over images and repeats assume."""
+    x, y = fmnist_test[0][:8], fmnist_test[1][:8]
+    attack = {
+        "AutoAttack (paper)": lambda: autoattack_paper(trained, 8 / 255, 10, 0, "apgd", 2, 1),
+        "APGD": lambda: apgd(trained, 8 / 255, 2, "ce", 0),
+        "Square": lambda: square(trained, 8 / 255, 5, 0),
+    }[name]()
+    following = []
+    for caller_seed in (1, 2):  # two batches whose streams differ before the attack
+        torch.manual_seed(caller_seed)
+        with dcspass.using_taps(trained, torch.tensor([0, 12])):  # the same model for both
+            attack(x, y)
+        following.append(torch.stack([trained.mid.draw_taps() for _ in range(8)]))
+    assert not torch.equal(following[0], following[1]), f"{name} reset the caller's stream"
 
 
 def test_batched_draws_reach_the_op_through_the_layer(monkeypatch):

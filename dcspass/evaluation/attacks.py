@@ -10,13 +10,19 @@ The attacks themselves are torchattacks'; what is ours is the model they see:
 - the paper protocol's attacks run on the model itself inside ``frozen_taps`` (one draw for all
   iterations); see ``protocols``.
 
+torchattacks' APGD, APGD-T, FAB and Square reseed torch's global generator with their fixed ``seed`` on
+every call. Each of our wrappers runs them inside ``isolated_rng``: one draw from the caller's stream
+seeds both the attack and a forked generator, so the caller's stream (the tap draws of the rows and
+batches that follow) never repeats, and no two calls replay the same draws.
+
 DeepFool is reimplemented batched (torchattacks' loops over images one by one in Python); its update
 is torchattacks' (L2, ``x <- x + (1 + overshoot) * |f_l| w_l / ||w_l||^2`` towards the nearest class).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 import torchattacks
@@ -31,12 +37,42 @@ __all__ = [
     "apgd",
     "autoattack_paper",
     "deepfool",
+    "isolated_rng",
     "pgd",
     "square",
     "torchattacks_attack",
 ]
 
 AttackFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _nested(attack: object) -> Iterator[object]:
+    """``attack`` and every attack inside it (torchattacks' ``MultiAttack.attacks``, ``AutoAttack``'s)."""
+    yield attack
+    for child in getattr(attack, "attacks", None) or ():
+        yield from _nested(child)
+    inner = getattr(attack, "_autoattack", None)
+    if inner is not None:
+        yield from _nested(inner)
+
+
+@contextlib.contextmanager
+def isolated_rng(*attacks: object) -> Iterator[int]:
+    """Run third-party attacks that reseed torch's global generator without touching the caller's stream.
+
+    One draw from the caller's generator becomes the seed of a forked generator (CPU, and every CUDA
+    device in use) and of each of ``attacks`` (and the attacks nested in them) that has a ``seed``; the
+    caller's stream resumes after that one draw. Yields the seed.
+    """
+    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    for attack in attacks:
+        for inner in _nested(attack):
+            if hasattr(inner, "seed"):
+                inner.seed = seed
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield seed
 
 
 class ExpectedModel(nn.Module):
@@ -96,7 +132,8 @@ def apgd(model: nn.Module, eps: float, steps: int, loss: str, seed: int) -> Atta
         was_training = model.training
         model.eval()
         try:
-            _, adv = attack.perturb(x.clone(), y.clone(), best_loss=True)
+            with isolated_rng(attack):
+                _, adv = attack.perturb(x.clone(), y.clone(), best_loss=True)
         finally:
             model.train(was_training)
         return adv.detach()
@@ -140,10 +177,11 @@ def autoattack_paper(
 
 
 def torchattacks_attack(attack: torchattacks.attack.Attack) -> AttackFn:
-    """A torchattacks attack as ``(x, y) -> x_adv`` (detached)."""
+    """A torchattacks attack as ``(x, y) -> x_adv`` (detached), run inside ``isolated_rng``."""
 
     def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return attack(x, y).detach()
+        with isolated_rng(attack):
+            return attack(x, y).detach()
 
     return run
 

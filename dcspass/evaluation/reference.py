@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import EvaluationError
-from .attacks import AttackFn
+from .attacks import AttackFn, isolated_rng
 from .budget import Budget
 from .context import EvalContext
 
@@ -65,10 +65,8 @@ def reference_attacks(ctx: EvalContext, notes: list[str]) -> dict[str, tuple[str
         )
         return {}
     rows: dict[str, tuple[str, AttackFn, bool]] = {}
-    for offset, version in enumerate(ROWS):
-        attack = ReferenceAutoAttack(
-            ctx.model, ctx.eps, version, ctx.budget, ctx.n_classes, ctx.seed + offset, notes
-        )
+    for version in ROWS:
+        attack = ReferenceAutoAttack(ctx.model, ctx.eps, version, ctx.budget, ctx.n_classes, notes)
         rows[attack.name] = (attack.description, attack, True)
     return rows
 
@@ -82,12 +80,13 @@ class ReferenceAutoAttack:
         version: ``"standard"`` (APGD-CE, APGD-T, FAB-T, Square) or ``"rand"`` (APGD-CE, APGD-DLR, EOT).
         budget: its ``reference_*`` fields set iterations, target classes, queries and EOT forwards.
         n_classes: classes the model outputs (targeted attacks use at most ``n_classes - 1`` targets).
-        seed: pyautoattack's seed; it re-seeds torch's global RNG at every sub-attack, so the call runs
-            inside ``torch.random.fork_rng`` and leaves the evaluation's own stream of draws alone.
         notes: where pyautoattack's warnings (once each) and its own robust accuracy go.
 
     Attributes:
         judged_robust, judged_total: pyautoattack's verdicts summed over calls, each from one forward.
+
+    pyautoattack re-seeds torch's global RNG at every sub-attack, so each call runs inside
+    ``isolated_rng``: its seed is one draw of the evaluation's stream, which it otherwise leaves alone.
     """
 
     def __init__(
@@ -97,7 +96,6 @@ class ReferenceAutoAttack:
         version: str,
         budget: Budget,
         n_classes: int,
-        seed: int,
         notes: list[str] | None = None,
     ) -> None:
         if version not in ROWS:
@@ -107,7 +105,6 @@ class ReferenceAutoAttack:
         self.version = version
         self.budget = budget
         self.targets = min(budget.reference_targets, n_classes - 1)
-        self.seed = seed
         self.notes = notes if notes is not None else []
         self.name = ROWS[version]
         self.judged_robust = 0
@@ -134,10 +131,15 @@ class ReferenceAutoAttack:
         )
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+
+        with isolated_rng() as seed:  # pyautoattack reseeds torch on every call: a fresh seed each time
+            return self._attack(x, y, seed)
+
+    def _attack(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
         from pyautoattack import AutoAttack
 
         attack = AutoAttack(
-            self.model, norm="Linf", eps=self.eps, version=self.version, seed=self.seed, device=x.device
+            self.model, norm="Linf", eps=self.eps, version=self.version, seed=seed, device=x.device
         )
         b = self.budget
         # pyautoattack's APGD derives its step-size checkpoints from n_iter in __init__ only.
@@ -152,9 +154,8 @@ class ReferenceAutoAttack:
         warned: list[str] = []
         was_training = self.model.training
         self.model.eval()
-        devices = [x.device] if x.device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices), _captured(warned):
+            with _captured(warned):
                 x_adv, y_judged = attack.run_standard_evaluation(x, y, batch_size=x.shape[0])
         finally:
             self.model.train(was_training)
