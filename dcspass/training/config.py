@@ -19,7 +19,7 @@ from ..validation import positive_int
 
 __all__ = ["METHODS", "SCHEDULES", "TrainConfig", "build_network"]
 
-METHODS = ("gsat", "pgd_at", "clean")
+METHODS = ("gsat", "frozen_pgd_at", "pgd_at", "clean")
 SCHEDULES = ("multistep", "cosine")
 PRECISIONS = ("fp32", "bf16")  # bf16: the training step (attack, forward, backward) under bf16 autocast
 
@@ -31,7 +31,8 @@ class TrainConfig:
     Network: ``arch``, ``num_classes``, ``in_channels``, ``width`` (None = paper width),
     ``model_options`` (architecture keywords such as ``image_size``).
     DCS: ``policy`` (None = plain network), ``n``, ``k``, ``check_bounds``.
-    Method: ``"gsat"`` (needs a policy), ``"pgd_at"`` or ``"clean"``; the training attack is PGD with
+    Method: ``"gsat"`` or ``"frozen_pgd_at"`` (GSAT without excluding the attacked taps; both need a
+    policy), ``"pgd_at"`` or ``"clean"``; the training attack is PGD with
     ``eps``, ``alpha`` (step) and ``attack_steps`` on the [0, 1] pixel scale.
     Optimiser: SGD ``lr``, ``momentum``, ``weight_decay``, global ``batch_size``; ``schedule``
     ``"multistep"`` (x ``gamma`` at each of ``milestones``, in epochs) or ``"cosine"`` over ``epochs``.
@@ -77,8 +78,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.method == "gsat" and self.policy is None:
-            raise ConfigError("method='gsat' trains a DCS network: give a policy (e.g. 'index:6')")
+        if self.method in ("gsat", "frozen_pgd_at") and self.policy is None:
+            raise ConfigError(f"method={self.method!r} trains a DCS network: give a policy (e.g. 'index:6')")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.schedule not in SCHEDULES:

@@ -10,9 +10,15 @@ follows runs in train mode.
 - ``GSAT`` (the paper's Algorithm 1): the PGD attack runs with one frozen draw of taps per DCS layer,
   recorded through ``dcspass.instrument`` (X^s); the training forward draws its taps from the
   complement (``dcspass.excluding_taps``), so the weights are never updated along the attacked paths.
+- ``FrozenDrawPGDAT`` (``"frozen_pgd_at"``): GSAT's attack (one frozen draw) with an unrestricted
+  training draw: GSAT but for the exclusion, the comparison of the paper's Fig. 4a.
+
+The PGD random start is torchattacks': uniform in the eps-ball (Algorithm 1 writes a Gaussian start).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +28,14 @@ from ..attacks import make_pgd
 from ..errors import ConfigError
 from ..sampling import excluding_taps, frozen_taps
 
-__all__ = ["GSAT", "CleanTraining", "PGDAdversarialTraining", "TrainingMethod", "make_method"]
+__all__ = [
+    "GSAT",
+    "CleanTraining",
+    "FrozenDrawPGDAT",
+    "PGDAdversarialTraining",
+    "TrainingMethod",
+    "make_method",
+]
 
 
 class TrainingMethod:
@@ -78,6 +91,7 @@ class GSAT(PGDAdversarialTraining):
     """
 
     name = "gsat"
+    exclude_attacked = True
 
     def bind(self, net: nn.Module, compile: bool = False) -> None:
         from ..instrumentation import instrument
@@ -98,17 +112,31 @@ class GSAT(PGDAdversarialTraining):
         # Step 7: X^s, as the instrumented forward recorded it.
         self.last_attack_taps = {name: t.clone() for name, t in self.instrumented.captured_taps.items()}
         # Steps 11-12: resample from the complement of X^s for the training forward (and its backward).
-        with excluding_taps(self.net, self.last_attack_taps):
+        excluded = self.last_attack_taps if self.exclude_attacked else {}
+        with excluding_taps(self.net, excluded) if excluded else contextlib.nullcontext():
             logits = model(x_adv)
         return F.cross_entropy(logits, y), logits
 
 
+class FrozenDrawPGDAT(GSAT):
+    """GSAT without its selection: the attack runs on one frozen draw (as GSAT's), and the training
+    forward draws its taps from all k*k positions, attacked ones included. The paper's Fig. 4a
+    compares the two to isolate what excluding X^s does."""
+
+    name = "frozen_pgd_at"
+    exclude_attacked = False
+
+
 def make_method(name: str, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 7) -> TrainingMethod:
-    """The strategy for ``"clean"``, ``"pgd_at"`` or ``"gsat"``."""
+    """The strategy for ``"clean"``, ``"pgd_at"``, ``"gsat"`` or ``"frozen_pgd_at"``."""
     if name == "clean":
         return CleanTraining()
     if name == "pgd_at":
         return PGDAdversarialTraining(eps, alpha, steps)
     if name == "gsat":
         return GSAT(eps, alpha, steps)
-    raise ConfigError(f"unknown training method {name!r}; choose 'gsat', 'pgd_at' or 'clean'")
+    if name == "frozen_pgd_at":
+        return FrozenDrawPGDAT(eps, alpha, steps)
+    raise ConfigError(
+        f"unknown training method {name!r}; choose 'gsat', 'frozen_pgd_at', 'pgd_at' or 'clean'"
+    )
