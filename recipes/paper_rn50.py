@@ -5,7 +5,8 @@ adversarial training with PGD-10 at eps 4/255, step 4/255 (followed here as stat
 ``downsample``: ``layer2.0.conv2`` (the first stride-2 3x3 conv of torchvision's v1.5 layout);
 ``paper``: the 2nd conv in execution order, which on torchvision's ResNet-50 is the 1x1
 ``layer1.0.conv1`` (grown to k x k), run with ``check_bounds=False``.
-Embedded default: Fashion-MNIST at width_per_group 8, a few short epochs.
+CPU scale (the default): CIFAR-10 (10 classes, 32 x 32) at width_per_group 8, a few short epochs;
+``--scale paper`` runs ImageNet from ``--data-dir``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ IMAGENET_AT = {
     "alpha": 4 / 255,
     "attack_steps": 10,
     "eval_examples": 512,
-    "workers": 8,
 }
 
 SPEC = RecipeSpec(

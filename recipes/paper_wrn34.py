@@ -2,7 +2,7 @@
 
 Placement ``downsample``: ``block2.layer.0.conv1`` (the first stride-2 3x3 conv); ``paper``: the 2nd
 conv, ``block1.layer.0.conv1`` (stride 1, rejected by Eq. 12, run with ``check_bounds=False``).
-Embedded default: Fashion-MNIST, WRN-34-1 (widen factor 1), a few short epochs.
+CPU scale (the default): CIFAR-10, WRN-34-1 (widen factor 1), a few short epochs.
 """
 
 from __future__ import annotations

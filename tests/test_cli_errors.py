@@ -15,7 +15,7 @@ import torch
 from dcspass.data import FASHION_MNIST_DIR
 from dcspass.training import build_network
 from dcspass.training.checkpoint import save_checkpoint
-from recipes import common, paper_rn18
+from recipes import paper_rn18, spec
 
 from ._tiny import tiny_config
 
@@ -50,7 +50,10 @@ def _snapshot(root: Path) -> dict[str, str]:
     }
 
 
-RECIPE = ["-m", "recipes.paper_rn18", "--epochs", "1", "--samples-per-epoch", "32", "--width", "4"]
+RECIPE = [
+    *("-m", "recipes.paper_rn18", "--dataset", "fashion_mnist"),
+    *("--epochs", "1", "--samples-per-epoch", "32", "--width", "4"),
+]
 
 
 @needs_fmnist
@@ -93,9 +96,9 @@ def test_recipe_out_that_cannot_be_written(tmp_path, where):
 
 def _recipe_checkpoints(out: Path, argv: list[str]) -> None:
     """Untrained checkpoints of every network the recipe trains with ``argv``, as a run would leave them."""
-    args = common.build_parser(paper_rn18.SPEC).parse_args(argv)
-    base, dcs = common._configs(args, paper_rn18.SPEC, "fashion_mnist")
-    for _key, cfg, label in common._trainings(args, base, dcs):
+    args = spec.build_parser(paper_rn18.SPEC).parse_args(argv)
+    base, dcs = spec.make_configs(args, paper_rn18.SPEC, "fashion_mnist")
+    for _key, cfg, label in spec.plan_trainings(args, base, dcs):
         payload = {
             "config": cfg.to_dict(),
             "model": build_network(cfg).state_dict(),

@@ -22,7 +22,7 @@ from dcspass.errors import ConfigError
 from dcspass.files import stale_temporaries
 from dcspass.training import train
 from dcspass.training.checkpoint import load_checkpoint, save_checkpoint
-from recipes import common, paper_rn18
+from recipes import common, paper_rn18, spec
 
 from ._tiny import tiny_config
 
@@ -127,8 +127,9 @@ def test_next_save_removes_what_a_killed_save_left(tmp_path):
 
 def test_ctrl_c_during_a_recipe_says_where_the_checkpoint_is_and_how_to_resume(tmp_path):
     out = tmp_path / "run"
-    argv = ["--epochs", "3", "--samples-per-epoch", "64", "--eval-examples", "8", "--batch-size", "32",
-            "--width", "4", "--budget", "smoke", "--quick-eval", "--no-fig4a", "--out", str(out)]  # fmt: skip
+    argv = ["--dataset", "fashion_mnist", "--epochs", "3", "--samples-per-epoch", "64",
+            "--eval-examples", "8", "--batch-size", "32", "--width", "4", "--budget", "smoke",
+            "--quick-eval", "--no-fig4a", "--out", str(out)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "recipes.paper_rn18", *argv],
@@ -152,7 +153,7 @@ def test_ctrl_c_during_a_recipe_says_where_the_checkpoint_is_and_how_to_resume(t
     assert "interrupted while training" in line and f"last checkpoint {out}/" in line
     command = shlex.split(line.split("resume with: ", 1)[1])
     assert command[:3] == ["python", "-m", "recipes.paper_rn18"] and command[-1] == "--resume"
-    args = common.build_parser(paper_rn18.SPEC).parse_args(command[3:])
+    args = spec.build_parser(paper_rn18.SPEC).parse_args(command[3:])
     assert args.resume and args.out == out and args.epochs == 3
 
 
@@ -167,7 +168,7 @@ def test_ctrl_c_before_a_later_seed_trains_names_the_finished_seeds(tmp_path, mo
         return {}
 
     monkeypatch.setattr(common, "_run_seed", one_seed)
-    argv = ["--seeds", "3", "--width", "4", "--out", str(out)]
+    argv = ["--seeds", "3", "--width", "4", "--dataset", "fashion_mnist", "--out", str(out)]
     assert common.main(paper_rn18.SPEC, argv) == 130
     line = capsys.readouterr().err.strip()
     assert calls == [0, 1]
@@ -179,12 +180,12 @@ def test_ctrl_c_before_a_later_seed_trains_names_the_finished_seeds(tmp_path, mo
 def test_every_rank_refuses_an_out_holding_a_run_and_only_rank_0_deletes(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / common.RESULTS).write_text("{}\n")
-    parser = common.build_parser(paper_rn18.SPEC)
+    (out / spec.RESULTS).write_text("{}\n")
+    parser = spec.build_parser(paper_rn18.SPEC)
     for is_main in (True, False):
         with pytest.raises(ConfigError, match="already holds a finished run"):
-            common._check_out(parser.parse_args(["--out", str(out)]), [], is_main)
-    common._check_out(parser.parse_args(["--out", str(out), "--overwrite"]), [], is_main=False)
-    assert (out / common.RESULTS).exists()
-    common._check_out(parser.parse_args(["--out", str(out), "--overwrite"]), [], is_main=True)
-    assert not (out / common.RESULTS).exists()
+            spec.check_out(parser.parse_args(["--out", str(out)]), [], is_main)
+    spec.check_out(parser.parse_args(["--out", str(out), "--overwrite"]), [], is_main=False)
+    assert (out / spec.RESULTS).exists()
+    spec.check_out(parser.parse_args(["--out", str(out), "--overwrite"]), [], is_main=True)
+    assert not (out / spec.RESULTS).exists()
