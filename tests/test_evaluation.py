@@ -17,7 +17,7 @@ from dcspass.data import fashion_mnist_tensors
 from dcspass.errors import EvaluationError
 from dcspass.evaluation import Budget, compare_gradient_cosine, evaluate, get_budget, plot_cosine_comparison
 from dcspass.evaluation.analyses import gradient_cosine, overlap_classes
-from dcspass.evaluation.attacks import ExpectedModel, apgd, autoattack_paper, pgd, square
+from dcspass.evaluation.attacks import ExpectedModel, apgd, autoattack_paper, margin_pgd, pgd, square
 from dcspass.evaluation.context import EvalContext
 from dcspass.evaluation.draws import DrawRunner, TapSets, all_tap_sets
 from dcspass.evaluation.protocols import known_taps_batch
@@ -143,6 +143,29 @@ def test_exact_expectation_equals_independent_average(trained, fmnist_test):
     torch.testing.assert_close(g_fast, g_ref, atol=1e-6, rtol=1e-4)
 
 
+def test_margin_pgd_stays_in_the_ball_and_keeps_each_images_best_iterate(trained, fmnist_test):
+    x, y = fmnist_test[0][:32], fmnist_test[1][:32]
+    eps = 16 / 255
+    taps = torch.tensor([3, 17])
+    torch.manual_seed(0)
+    with dcspass.using_taps(trained, taps):  # a deterministic model: margins are exact
+        adv = margin_pgd(trained, eps, steps=10)(x, y)
+        clean_margin, adv_margin = (_margin(trained(v), y) for v in (x, adv))
+        one_step = margin_pgd(trained, eps, steps=1)
+        torch.manual_seed(0)
+        short = one_step(x, y)
+        short_margin = _margin(trained(short), y)
+    assert (adv - x).abs().max() <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    assert (adv_margin > 0).float().mean() > (clean_margin > 0).float().mean() + 0.3
+    # The same random start and first step: ten steps keep the best iterate, so never a lower margin.
+    assert (adv_margin >= short_margin - 1e-5).all()
+
+
+def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    return logits.scatter(1, y[:, None], float("-inf")).max(1).values - true
+
+
 @pytest.mark.parametrize("name", ["AutoAttack (paper)", "APGD", "Square"])
 def test_reseeding_attacks_leave_the_draws_that_follow_them_independent(trained, fmnist_test, name):
     """torchattacks' APGD, APGD-T and Square reseed torch's global generator on every call. Two batches
@@ -241,6 +264,7 @@ _MASKING_BUDGET = Budget(
     repeats=1,
     eot_steps=5,
     eot_samples=2,
+    margin_steps=0,  # its random start alone crosses the quantizer's steps at 48/255: not what this tests
     apgd_steps=3,
     apgd_eot=1,
     exact_steps=1,
@@ -306,6 +330,7 @@ def test_small_run_of_both_protocols_writes_valid_report(trained, fmnist_test, t
         "clean",
         "PGD (one frozen draw)",
         "EOT-PGD",
+        "EOT-PGD (margin)",
         "APGD-CE (EOT)",
         "APGD-DLR (EOT)",
         "exact expectation",

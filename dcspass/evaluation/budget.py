@@ -26,7 +26,9 @@ class Budget:
         pgd_steps, mifgsm_steps, cw_steps, deepfool_steps, eotpgd_steps, eotpgd_samples: paper protocol.
         autoattack: ``"standard"`` = torchattacks' AutoAttack as shipped (the paper's tool);
             ``"apgd"`` = APGD-CE + APGD-T at ``apgd_steps`` (cheaper, labelled as such).
-        eot_steps, eot_samples: adaptive EOT-PGD.
+        eot_steps, eot_samples: adaptive EOT-PGD (cross-entropy on log E[softmax]).
+        margin_steps, margin_samples: adaptive EOT-PGD on the margin of log E[softmax], each image's
+            best iterate kept (``margin_steps=0`` leaves the row out).
         apgdt_targets: target classes of APGD-T in the reduced paper AutoAttack.
         apgd_steps, apgd_eot: adaptive AutoAttack ``rand`` (APGD-CE + APGD-DLR with EOT).
         exact_steps, exact_max_sets: exact-expectation PGD (every image); tap spaces above
@@ -65,6 +67,8 @@ class Budget:
     apgd_steps: int = 100
     eot_steps: int = 100
     eot_samples: int = 20
+    margin_steps: int = 100
+    margin_samples: int = 20
     apgd_eot: int = 20
     exact_steps: int = 100
     exact_max_sets: int = 1000
@@ -92,7 +96,8 @@ class Budget:
         """One line naming the budget and its main settings (printed beside every number)."""
         return (
             f"budget={self.name}: {self.examples} images, paper x{self.repeats} repeats, "
-            f"EOT-PGD {self.eot_steps} steps x {self.eot_samples} draws, APGD {self.apgd_steps} it. "
+            f"EOT-PGD {self.eot_steps} steps x {self.eot_samples} draws, margin EOT-PGD "
+            f"{self.margin_steps} x {self.margin_samples}, APGD {self.apgd_steps} it. "
             f"EOT {self.apgd_eot}, exact PGD {self.exact_steps} steps; all-{self.all_correct_k}-correct"
         )
 
@@ -121,6 +126,8 @@ BUDGETS: dict[str, Budget] = {
         apgd_steps=5,
         eot_steps=10,
         eot_samples=8,
+        margin_steps=40,
+        margin_samples=8,
         apgd_eot=4,
         exact_steps=2,  # ~1 min per step on 128 images and 2 cores: the costliest row of the budget
         exact_max_sets=300,
@@ -162,6 +169,8 @@ BUDGETS: dict[str, Budget] = {
         apgd_steps=2,
         eot_steps=3,
         eot_samples=4,
+        margin_steps=3,
+        margin_samples=2,
         apgd_eot=2,
         exact_steps=1,
         exact_max_sets=300,

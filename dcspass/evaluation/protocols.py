@@ -28,6 +28,7 @@ from .attacks import (
     apgd,
     autoattack_paper,
     deepfool,
+    margin_pgd,
     pgd,
     square,
     torchattacks_attack,
@@ -208,6 +209,7 @@ def adaptive_attacks(
     """
     b, m, eps, runner = ctx.budget, ctx.model, ctx.eps, ctx.runner
     eot = ExpectedModel(m, runner, draws=b.eot_samples)
+    eot_margin = ExpectedModel(m, runner, draws=b.margin_samples)
     eot_apgd = ExpectedModel(m, runner, draws=b.apgd_eot)
     tap_sets, exact_label = exact_tap_sets(ctx)
     exact = ExpectedModel(
@@ -252,6 +254,13 @@ def adaptive_attacks(
             True,
         ),
     }
+    if b.margin_steps > 0:
+        attacks["EOT-PGD (margin)"] = (
+            f"PGD on the margin of log E[softmax] over {b.margin_samples} batched draws per step, "
+            f"{b.margin_steps} steps, each image's best iterate",
+            margin_pgd(eot_margin, eps, b.margin_steps),
+            True,
+        )
     if ctx.transfer_source is not None:
         attacks["transfer"] = (
             f"PGD, {b.transfer_steps} steps, on the same network trained without DCS",

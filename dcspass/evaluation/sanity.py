@@ -118,7 +118,7 @@ def check_gradient_free(adaptive: ProtocolResult | None) -> SanityCheck:
     acc = adaptive.accuracies
     gradient_based = {
         k: acc[k].mean
-        for k in ("EOT-PGD", "APGD-CE (EOT)", "APGD-DLR (EOT)", "exact expectation")
+        for k in ("EOT-PGD", "EOT-PGD (margin)", "APGD-CE (EOT)", "APGD-DLR (EOT)", "exact expectation")
         if k in acc
     }
     best_name = min(gradient_based, key=gradient_based.get)
