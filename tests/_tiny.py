@@ -13,7 +13,7 @@ def tiny_config(method: str = "gsat", **overrides) -> TrainConfig:
         width=4,
         dataset="fashion_mnist",
         method=method,
-        policy="index:6" if method == "gsat" else None,
+        policy="index:6" if method in ("gsat", "frozen_pgd_at") else None,
         batch_size=32,
         lr=0.05,
         attack_steps=2,

@@ -59,6 +59,26 @@ def test_gsat_training_taps_never_meet_the_attack_taps():
     assert len(seen_attack) > 1  # a fresh draw per batch, not one fixed set
 
 
+def test_frozen_draw_pgd_at_attacks_like_gsat_but_trains_on_any_taps():
+    """GSAT but for the exclusion: the attack's draw is frozen and recorded as GSAT's, and the training
+    draw is over all taps, so it meets the attack's taps about as often as chance says."""
+    torch.manual_seed(1)
+    cfg = tiny_config("frozen_pgd_at", n=3, check_bounds=False)
+    net = build_network(cfg)
+    strategy = make_method("frozen_pgd_at", cfg.eps, cfg.alpha, steps=2)
+    assert isinstance(strategy, GSAT) and strategy.name == "frozen_pgd_at"
+    strategy.bind(net)
+    recorded = dcspass.instrument(net)
+    x, y = fashion_mnist_tensors(train=True, limit=16)
+    overlaps = 0
+    for _ in range(12):  # P(a draw of 3 of 25 meets 3 given taps) = 0.34: 12 disjoint draws, p < 0.01
+        strategy.loss(recorded, x, y)
+        a = set(strategy.last_attack_taps["layer2.0.conv1"].tolist())
+        t = set(recorded.captured_taps["layer2.0.conv1"].tolist())
+        overlaps += bool(a & t)
+    assert overlaps > 0
+
+
 def test_gsat_attack_keeps_one_draw_for_all_pgd_iterations():
     torch.manual_seed(2)
     net = build_network(tiny_config("gsat"))
