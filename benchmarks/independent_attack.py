@@ -4,10 +4,15 @@ It shares no attack, scoring or draw code with ``dcspass.evaluation``: its own D
 layer replaced by ``F.conv2d`` with the kernel masked to one tap set per group of rows, the model run
 on M copies of the batch), its own PGD on the exact expectation over every tap set (``-log`` of the
 mean softmax, gradients accumulated chunk by chunk), with restarts, its own EOT-PGD on many sampled
-tap sets per step, and its own exact scoring: per image, the fraction of all tap sets whose argmax is
-the label. The per-image worst is the minimum over every iterate of every run.
+tap sets per step with two losses (``-log`` of the mean softmax of the label, and the margin
+``max_{j != y} log p_j - log p_y`` of the mean softmax), and its own exact scoring: per image, the
+fraction of all tap sets whose argmax is the label. The per-image worst is the minimum over every
+iterate of every run.
 
     python benchmarks/independent_attack.py --checkpoint runs/paper_rn18/gsat.pt --examples 128
+
+The test images are the checkpoint's dataset (``--dataset`` to choose another), read from
+``--data-dir`` (default: ``./data``; Fashion-MNIST: Debian's folder).
 
 Compare its "per-image worst" with the report's "worst case" row on the same checkpoint and images
 (``runs/paper_rn18/eval_dcs/report.json``); the report's may not be above it by more than a point
@@ -26,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcspass.data import fashion_mnist_tensors
+from dcspass.data import load_dataset
 from dcspass.layers import DCSConv2d
 from dcspass.training import load_model
 
@@ -101,6 +106,15 @@ class Expected:
             grad += g
         return grad
 
+    def grad_margin(self, x: torch.Tensor, y: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
+        """d(max_{j != y} log p_j - log p_y)/dx of the mean softmax over ``sets``, summed over images."""
+        xr = x.detach().requires_grad_(True)
+        log_mean = self.probs(xr, sets).mean(0).clamp_min(1e-12).log()
+        true = log_mean.gather(1, y[:, None]).squeeze(1)
+        other = log_mean.scatter(1, y[:, None], float("-inf")).max(1).values
+        (g,) = torch.autograd.grad((other - true).sum(), xr)
+        return g
+
 
 def pgd(
     ex: Expected,
@@ -111,10 +125,12 @@ def pgd(
     draws: int | None,
     gen: torch.Generator,
     worst: torch.Tensor,
+    loss: str = "log-mean",
 ) -> torch.Tensor:
     """L_inf PGD from a random start, step eps/4; ``draws=None``: exact expectation, else EOT over
-    ``draws`` tap sets sampled per step. Updates ``worst`` (per-image minimum exact accuracy) at every
-    iterate it scores; returns the final exact accuracy."""
+    ``draws`` tap sets sampled per step; ``loss="margin"`` (sampled draws only) ascends the margin of
+    the mean softmax instead of ``-log`` of its label. Updates ``worst`` (per-image minimum exact
+    accuracy) at every iterate it scores; returns the final exact accuracy."""
     alpha = eps / 4
     adv = (x + (torch.rand(x.shape, generator=gen) * 2 - 1) * eps).clamp(0, 1)
     for step in range(steps + 1):
@@ -128,9 +144,10 @@ def pgd(
             sets = ex.all_sets
         else:
             sets = ex.all_sets[torch.randint(len(ex.all_sets), (draws,), generator=gen)]
-            with torch.no_grad():
-                p_label = ex.probs(adv, sets)[:, torch.arange(x.shape[0]), y].mean(0)
-        g = ex.grad_neg_log(adv, y, sets, p_label)
+            if loss != "margin":
+                with torch.no_grad():
+                    p_label = ex.probs(adv, sets)[:, torch.arange(x.shape[0]), y].mean(0)
+        g = ex.grad_margin(adv, y, sets) if loss == "margin" else ex.grad_neg_log(adv, y, sets, p_label)
         adv = torch.min(torch.max(adv + alpha * g.sign(), x - eps), x + eps).clamp(0, 1).detach()
     return acc
 
@@ -138,12 +155,16 @@ def pgd(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--examples", type=int, default=128, help="the first N Fashion-MNIST test images")
+    p.add_argument("--examples", type=int, default=128, help="the first N test images")
+    p.add_argument("--dataset", default=None, help="default: the checkpoint's")
+    p.add_argument("--data-dir", default=None, help="default: ./data (Fashion-MNIST: Debian's folder)")
     p.add_argument("--eps", type=float, default=8.0, help="on the 0-255 scale")
     p.add_argument("--exact-steps", type=int, default=20)
     p.add_argument("--restarts", type=int, default=2, help="exact-expectation PGD runs from random starts")
     p.add_argument("--eot-steps", type=int, default=100)
     p.add_argument("--eot-draws", type=int, default=32)
+    p.add_argument("--margin-steps", type=int, default=60, help="EOT-PGD on the margin loss (0: skip)")
+    p.add_argument("--margin-draws", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--chunk", type=int, default=30, help="tap sets per forward")
     p.add_argument("--seed", type=int, default=0)
@@ -153,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     masked = swap_in(model)
     ex = Expected(model, masked, args.chunk)
-    x_all, y_all = fashion_mnist_tensors(train=False, limit=args.examples)
+    test = load_dataset(args.dataset or config["dataset"], args.data_dir, train=False, transform=None)
+    images = [test[i] for i in range(min(args.examples, len(test)))]
+    x_all, y_all = torch.stack([im for im, _ in images]), torch.tensor([label for _, label in images])
     eps = args.eps / 255
     gen = torch.Generator().manual_seed(args.seed)
     rows: dict[str, list[torch.Tensor]] = {"clean": []}
@@ -169,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.setdefault(f"exact-expectation PGD-{args.exact_steps}, restart {r}", []).append(acc)
         acc = pgd(ex, x, y, eps, args.eot_steps, args.eot_draws, gen, worst)
         rows.setdefault(f"EOT-PGD-{args.eot_steps} x {args.eot_draws} draws", []).append(acc)
+        if args.margin_steps:
+            acc = pgd(ex, x, y, eps, args.margin_steps, args.margin_draws, gen, worst, loss="margin")
+            rows.setdefault(f"margin EOT-PGD-{args.margin_steps} x {args.margin_draws} draws", []).append(acc)
         worst_all.append(worst)
         done = i + x.shape[0]
         print(f"  {done}/{x_all.shape[0]} images, {time.perf_counter() - start:.0f} s", file=sys.stderr)
