@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks on a lent GPU machine (a copy of the working tree, nothing installable, results under
 # $OUT). Prepare first, where the network is reachable: bash benchmarks/device_prepare.sh, then carry
-# "dist" and "data/fashion-mnist" along. Stages:
+# "dist" and "data/cifar-10-subset" along. Stages:
 #   tests   pytest -m gpu (the real Triton kernels, CUDA-graph replay, gradcheck)
 #   bench   benchmarks/op_gpu.py: the layer table, then the training-step table
-#   preset  python -m recipes.paper_rn18 --preset gpu (full width, bf16, full Fashion-MNIST, 1,000 images)
+#   preset  python -m recipes.paper_rn18 --preset gpu (full width, bf16, the CIFAR-10 subset, 1,000 images)
 # All three (the default) fit one 10-minute command: tests 240 s, bench 180 s, and the preset cut to a
 # timing probe (1 epoch of 12,800 images, evaluation on 200 images) in 130 s. One stage alone gets
 # 560 s; `preset` alone is the real run (the preset's epochs, every image). Override with TESTS_S,
@@ -85,7 +85,7 @@ for name in "${stages[@]}"; do
     bench) stage bench "$BENCH_S" "$python" benchmarks/op_gpu.py --rounds 3 --reps 3 --queue 20 \
         --json "$OUT/op_gpu.json" --markdown "$OUT/op_gpu.md" ;;
     preset) stage preset "$PRESET_S" "$python" -m recipes.paper_rn18 --preset gpu "${preset_cut[@]}" \
-        --data-dir data/fashion-mnist --dataset fashion_mnist --out "$OUT/paper_rn18_gpu" --overwrite ;;
+        --data-dir data/cifar-10-subset --out "$OUT/paper_rn18_gpu" --overwrite ;;
     *) echo "device_check.sh: unknown stage $name (tests, bench, preset)" >&2; exit 2 ;;
     esac
 done
