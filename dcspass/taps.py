@@ -21,7 +21,7 @@ def sample_taps(
     excluded: torch.Tensor | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Draw ``n`` distinct taps uniformly from ``0 .. num_positions-1``, minus ``excluded``.
+    """Draw ``n`` distinct taps uniformly from ``range(num_positions)``, minus ``excluded``.
 
     Args:
         num_positions: k*k.

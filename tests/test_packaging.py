@@ -114,12 +114,15 @@ def test_the_installed_wheel_works_beside_a_top_level_kernels_package(wheel_env,
 
 
 def test_readme_and_ci_install_the_same_pins_and_run_the_same_tests():
-    """README's setup command and .ci/run install with constraints.txt; CI ends with README's test command."""
+    """README's setup command and .ci/run install with constraints.txt; CI ends with README's test command.
+
+    CI also installs the docs extra, to build the site.
+    """
     pins = [line for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line]
     assert {"torch", "torchvision"} <= {line.split("==")[0] for line in pins}
     ci = (REPO / ".ci" / "run").read_text()
     readme = (REPO / "README.md").read_text()
-    assert "pip install -q -c constraints.txt -e '.[test]'" in ci
+    assert "pip install -q -c constraints.txt -e '.[test,docs]'" in ci
     assert "pip install -c constraints.txt -e '.[test]'" in readme
     last_command = [line for line in ci.splitlines() if line.strip() and not line.startswith("#")][-1]
     assert f"```bash\n{last_command}\n```" in readme

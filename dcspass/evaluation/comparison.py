@@ -50,8 +50,9 @@ def compare_gradient_cosine(
         device: where to run (default: each model's device).
 
     Returns:
-        ``{label: {"cosine": gradient_cosine(...), "clean": expected accuracy over K draws,
-        "clean_all_correct": all-K-correct accuracy, "examples": N, "budget": name}}``.
+        ``{label: result}``, each result a dict: ``"cosine"`` (``gradient_cosine(...)``), ``"clean"``
+        (expected accuracy over K draws), ``"clean_all_correct"`` (all-K-correct accuracy),
+        ``"examples"`` (N) and ``"budget"`` (its name).
 
     Raises:
         EvaluationError: no models, or no images.
