@@ -7,7 +7,8 @@ The data path, in the order a model travels it:
 ``import dcspass`` loads that path only (torch and torch.fx). The rest loads on first use (PEP 562
 module ``__getattr__``): ``plan`` / ``Plan`` (networkx), ``evaluate`` / ``Report`` (the evaluation
 engine, torchattacks), ``build_model`` (torchvision models), ``load_dataset`` (torchvision datasets),
-and the subpackages ``training``, ``evaluation``, ``models``, ``data``, ``planning``.
+and the subpackages ``training``, ``evaluation``, ``models``, ``data``, ``planning``; ``__version__``
+reads the installed distribution's metadata.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and
     from .models import build_model
     from .planning import Plan, plan
 
-__version__ = "0.1.0"
+__version__: str  # the installed distribution's version, read on first use (see __getattr__)
+# ``__version__`` when dcspass runs from a source tree that was never installed (no metadata to read).
+_UNKNOWN_VERSION = "0+unknown"
 
 # Public names that live in a heavy module: name -> the submodule that defines it.
 _LAZY_NAMES = {
@@ -56,7 +59,12 @@ _LAZY_SUBMODULES = ("data", "evaluation", "models", "planning", "training")
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY_NAMES:
+    if name == "__version__":
+        # The installed distribution's version; read on first use (importlib.metadata is not free).
+        from .provenance import distribution_version
+
+        value = distribution_version("dcspass") or _UNKNOWN_VERSION
+    elif name in _LAZY_NAMES:
         value = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
     elif name in _LAZY_SUBMODULES:
         value = importlib.import_module(f".{name}", __name__)
@@ -71,7 +79,7 @@ def __dir__() -> list[str]:
     submodules = {
         n for n, v in globals().items() if isinstance(v, ModuleType) and v.__name__.startswith(f"{__name__}.")
     }
-    return sorted(set(__all__) | set(_LAZY_SUBMODULES) | submodules)
+    return sorted(set(__all__) | set(_LAZY_SUBMODULES) | submodules | {"__version__"})
 
 
 __all__ = [

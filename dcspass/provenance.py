@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["file_sha256", "provenance"]
+__all__ = ["distribution_version", "file_sha256", "provenance"]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -29,7 +29,8 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _version(distribution: str) -> str | None:
+def distribution_version(distribution: str) -> str | None:
+    """The installed version of ``distribution`` (e.g. ``"torch"``), or None when it is not installed."""
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
@@ -82,9 +83,9 @@ def provenance(
         },
         "checkpoints": records,
         "versions": {
-            "dcspass": _version("dcspass"),
+            "dcspass": distribution_version("dcspass"),
             "torch": torch.__version__,
-            "torchattacks": _version("torchattacks"),
+            "torchattacks": distribution_version("torchattacks"),
             "python": sys.version.split()[0],
         },
         "platform": platform.platform(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -238,3 +239,35 @@ def test_a_backend_loader_runs_once_on_the_first_call_it_wants():
         assert loads == [1]
     finally:
         op._PENDING_LOADERS[:] = [entry for entry in op._PENDING_LOADERS if entry[0] is not wants]
+
+
+def test_version_is_the_installed_distributions_read_on_first_use():
+    code = """
+import json, sys, dcspass
+before = "dcspass.provenance" in sys.modules
+listed = "__version__" in dir(dcspass)
+print(json.dumps({"read at import": before, "version": dcspass.__version__, "listed": listed}))
+"""
+    got = _run(code)
+    assert got["read at import"] is False  # import dcspass does not look the metadata up
+    assert got["version"] == importlib.metadata.version("dcspass")
+    assert got["listed"] is True
+
+
+def test_version_falls_back_when_dcspass_is_not_installed(monkeypatch):
+    import dcspass.provenance
+
+    calls = []
+
+    def not_installed(distribution: str) -> None:
+        calls.append(distribution)
+
+    monkeypatch.setattr(dcspass.provenance, "distribution_version", not_installed)
+    cached = dcspass.__dict__.pop("__version__", None)
+    try:
+        assert dcspass.__version__ == "0+unknown"
+        assert calls == ["dcspass"]
+    finally:  # the lookup caches its answer in the module: put the real one back
+        dcspass.__dict__.pop("__version__", None)
+        if cached is not None:
+            dcspass.__dict__["__version__"] = cached
