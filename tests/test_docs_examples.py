@@ -2,12 +2,14 @@
 
 Each page is one test: its Python blocks run in order in one namespace (a later block may use what an
 earlier one defined, as a reader would), in a fresh temporary working directory, under a fixed seed.
-A failure's traceback names the page and the line in it. A block that cannot run here (it needs a
+A failure's traceback names the page and the line in it. One thread: the examples are tiny, and a
+busy machine cannot slow them tenfold by oversubscription. A block that cannot run here (it needs a
 GPU, a download, hours) is marked by the line right above it, which the reader sees as a sentence:
 
     *Not run by the tests: needs a CUDA device.*
 
-Blocks in other languages (bash, plain text, output) are not run.
+Such a block is still compiled, so it cannot hold a syntax error. Blocks in other languages (bash,
+plain text, output) are not run.
 """
 
 from __future__ import annotations
@@ -109,13 +111,14 @@ def test_every_page_with_examples_is_collected():
 
 
 @pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=lambda p: p.relative_to(ROOT).as_posix())
-def test_the_examples_of_the_page_run(page: Path, tmp_path, monkeypatch):
+def test_the_examples_of_the_page_run(page: Path, tmp_path, monkeypatch, one_thread):
     monkeypatch.chdir(tmp_path)  # examples write runs/, checkpoints, reports: never into the checkout
     namespace: dict = {"__name__": "__main__"}
     with torch.random.fork_rng():
         torch.manual_seed(0)
         for block in python_blocks(page.read_text()):
-            if block.skip is not None:
-                continue
-            # Padded so that tracebacks give the line in the Markdown file.
-            exec(compile("\n" * (block.line - 1) + block.code, str(page), "exec"), namespace)
+            # Padded so that tracebacks give the line in the Markdown file. A block that is not run
+            # still has to compile: a typo in it fails here.
+            code = compile("\n" * (block.line - 1) + block.code, str(page), "exec")
+            if block.skip is None:
+                exec(code, namespace)
