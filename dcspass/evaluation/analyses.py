@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..layers import DCSConv2d
 from ..sampling import using_taps
+from ..text import plural
 from .attacks import ExpectedModel, pgd
 from .context import EvalContext
 from .protocols import batches, one_draw_per_image
@@ -168,7 +169,10 @@ def sweeps(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> dict:
             "values": list(b.sweep_eot),
             "paper": [paper(eps, b.eot_steps) for _ in b.sweep_eot],
             "adaptive": [adaptive(eps, b.eot_steps, e) for e in b.sweep_eot],
-            "fixed": f"eps={eps * 255:.1f}/255, {b.eot_steps} steps; paper: EOTPGD with taps frozen (= PGD)",
+            "fixed": (
+                f"eps={eps * 255:.1f}/255, {plural(b.eot_steps, 'step')}; "
+                "paper: EOTPGD with taps frozen (= PGD)"
+            ),
         },
     }
     for curve in curves.values():
