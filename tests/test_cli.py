@@ -116,7 +116,7 @@ def test_no_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main([])
     assert exit_.value.code == 2
-    assert "required: {plan,evaluate}" in capsys.readouterr().err
+    assert "required: {plan,evaluate,data}" in capsys.readouterr().err
 
 
 # -- no module shadows a public function ------------------------------------------------------------
