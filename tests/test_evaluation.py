@@ -306,7 +306,14 @@ def test_gradient_free_check_trips_on_gradient_masking(trained, fmnist_test):
     assert checks["healthy"]["no NaN/inf"].passed is True
 
 
-@pytest.mark.parametrize(("square", "relation", "passed"), [(0.75, "higher", True), (0.0, "lower", False)])
+@pytest.mark.parametrize(
+    ("square", "relation", "passed"),
+    [
+        (0.75, "Square is higher by 0.500", True),
+        (0.0, "Square is lower by 0.250", False),
+        (0.25, "the same", True),
+    ],
+)
 def test_gradient_free_check_says_which_attack_is_stronger(square, relation, passed):
     per_image = {"EOT-PGD": [0.25] * 8, "APGD-CE (EOT)": [0.5] * 8, "Square (EOT)": [square] * 8}
     adaptive = ProtocolResult(
@@ -316,8 +323,8 @@ def test_gradient_free_check_says_which_attack_is_stronger(square, relation, pas
     gap = 0.25 - square  # the best gradient-based attack (EOT-PGD) minus Square
     assert check.passed is passed
     assert check.detail.startswith(
-        f"Square (EOT) {square:.3f} vs best gradient-based EOT-PGD 0.250: Square is {relation} by "
-        f"{abs(gap):.3f} (gradient-based minus Square {gap:.3f} [{gap:.3f}, {gap:.3f}];"
+        f"Square (EOT) {square:.3f} vs best gradient-based EOT-PGD 0.250: {relation} "
+        f"(gradient-based minus Square {gap:.3f} [{gap:.3f}, {gap:.3f}];"
     )
 
 
