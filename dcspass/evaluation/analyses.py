@@ -155,14 +155,15 @@ def sweeps(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> dict:
             "values": list(b.sweep_steps),
             "paper": [paper(eps, s) for s in b.sweep_steps],
             "adaptive": [adaptive(eps, s, b.eot_samples) for s in b.sweep_steps],
-            "fixed": f"eps={eps * 255:.1f}/255; adaptive EOT over {b.eot_samples} draws",
+            "fixed": f"eps={eps * 255:.1f}/255; adaptive EOT over {plural(b.eot_samples, 'draw')}",
         },
         "eps": {
             "values": [e * 255 for e in b.sweep_eps],
             "paper": [paper(e, b.pgd_steps) for e in b.sweep_eps],
             "adaptive": [adaptive(e, b.eot_steps, b.eot_samples) for e in b.sweep_eps],
             "fixed": (
-                f"paper PGD-{b.pgd_steps}; adaptive EOT-PGD-{b.eot_steps} x {b.eot_samples} draws; eps /255"
+                f"paper PGD-{b.pgd_steps}; adaptive EOT-PGD-{b.eot_steps} x {plural(b.eot_samples, 'draw')}; "
+                "eps /255"
             ),
         },
         "eot": {

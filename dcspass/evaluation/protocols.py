@@ -195,7 +195,7 @@ def exact_tap_sets(ctx: EvalContext) -> tuple[torch.Tensor | None, str]:
         return (
             None,
             f"sampled expectation: {size} tap sets exceed exact_max_sets={ctx.budget.exact_max_sets}; "
-            f"{ctx.budget.exact_max_sets} draws per step",
+            f"{plural(ctx.budget.exact_max_sets, 'draw')} per step",
         )
     space = f"C({layer.num_positions},{layer.n})={size}"
     label = f"exact expectation over all {space} tap sets of {ctx.runner.first_name}"
