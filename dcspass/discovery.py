@@ -87,7 +87,7 @@ def conv_call_args(node: fx.Node) -> dict[str, Any]:
     return args
 
 
-def _convertibility(conv: nn.Conv2d) -> tuple[bool, str, bool]:
+def _convertibility(conv: nn.Module) -> tuple[bool, str, bool]:
     """``(convertible, reason if not, uses TF-"SAME" padding)`` for a conv module."""
     cls = type(conv)
     if isinstance(conv, DCSConv2d):
