@@ -4,9 +4,10 @@
     evaluate  evaluate a trained checkpoint under the paper and adaptive protocols (``dcspass.evaluate``)
     data      fetch, check or cut a subset of a dataset at setup (``dcspass.fetch``)
 
-Bad input gets ``error: ...`` on stderr and exit code 2. Each command imports what it needs (model zoos,
-the evaluation engine, training, data) only when it runs, so ``--help`` costs no more than
-``import dcspass``.
+Bad input gets one line ``error: ...`` on stderr and exit code 2 (a policy error names
+``plan MODEL --convs``, which lists the model's convs, instead of printing them). Each command
+imports what it needs (model zoos, the evaluation engine, training, data) only when it runs, so
+``--help`` costs no more than ``import dcspass``.
 """
 
 from __future__ import annotations
@@ -22,11 +23,14 @@ from pathlib import Path
 
 from torch import nn
 
-from .errors import ConfigError, DCSError
+from .errors import ConfigError, DCSError, PolicyError
 
 __all__ = ["main", "model_from_spec"]
 
 _MODEL_SPEC = "torchvision:<name>, timm:<name> or package.module:factory"
+
+# --help shows this as it is: plain text, not the module docstring's reST.
+_DESCRIPTION = "The dcspass command line: python -m dcspass <command>, or the dcspass script."
 
 _PLAN_EXAMPLES = """\
 examples:
@@ -35,6 +39,7 @@ examples:
   %(prog)s torchvision:resnet18 --policy 'name:layer*.0.conv1' --n 2 --k 5
   %(prog)s timm:resnet50 --json                       the plan as JSON, one row per conv
   %(prog)s torchvision:resnet18 --draw plan.png       also draw the convs' dataflow graph
+  %(prog)s torchvision:vgg11 --convs                  list the convs (index, name, kernel, stride)
   %(prog)s mypackage.models:build_net                 any callable that returns an nn.Module
 """
 
@@ -111,9 +116,15 @@ def _run_plan(args: argparse.Namespace) -> int:
 
     if args.draw:
         output_file(args.draw, "--draw")
-    result = plan(
-        model_from_spec(args.model), args.policy, n=args.n, k=args.k, eps_c=args.eps_c, eps_l=args.eps_l
-    )
+    model = model_from_spec(args.model)
+    if args.convs:
+        from .discovery import discover
+        from .policies import format_sites
+        from .transformation import lone_conv_container
+
+        print(format_sites(discover(lone_conv_container(model)).sites))
+        return 0
+    result = plan(model, args.policy, n=args.n, k=args.k, eps_c=args.eps_c, eps_l=args.eps_l)
     print(json.dumps(result.to_dict(), indent=1) if args.json else result)
     if args.draw:
         result.draw(args.draw)
@@ -139,7 +150,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             raise EvaluationError(f"--{flag.replace('_', '-')} must be an integer >= 1, got {value}")
     device = resolve_device(args.device)
     _check_report_out(output_dir(args.out), args.overwrite)  # before the evaluation, not after it
-    model, config = load_model(args.checkpoint, map_location=device)
+    model, config = load_model(args.checkpoint, map_location=device, flag="--checkpoint")
     name = args.dataset or config.get("dataset")
     info = dataset_info(name)
     if info.num_classes != config.get("num_classes") or info.in_channels != config.get("in_channels"):
@@ -154,6 +165,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             args.transfer_checkpoint,
             map_location=device,
             expect={k: config[k] for k in ("arch", "num_classes", "in_channels")},
+            flag="--transfer-checkpoint",
         )
     dataset = load_dataset(name, args.data_dir, train=False, transform="default")
     loader = DataLoader(dataset, batch_size=budget.batch_size, shuffle=False)
@@ -239,7 +251,7 @@ def _subcommand(
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The ``dcspass`` parser with its ``plan``, ``evaluate`` and ``data`` subcommands."""
-    parser = argparse.ArgumentParser(prog=prog or _prog(), description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog or _prog(), description=_DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{plan,evaluate,data}")
 
     p = _subcommand(commands, "plan", "print what dcspass.transform would do to a model", _PLAN_EXAMPLES)
@@ -253,6 +265,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--eps-l", type=float, default=0.25, help="Eq. 12 per-pixel eps_l (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON instead of a table")
     p.add_argument("--draw", metavar="PNG", help="also draw the dataflow graph to this file")
+    p.add_argument(
+        "--convs", action="store_true", help="only list the model's convs in execution order (no policy)"
+    )
     p.set_defaults(run=_run_plan)
 
     e = _subcommand(
@@ -320,8 +335,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except DCSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc, parser.prog, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"interrupted: dcspass {args.command} wrote nothing", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: DCSError, prog: str, args: argparse.Namespace) -> str:
+    """The first line of an error's message; a policy error's conv table becomes the command that lists it."""
+    line = str(exc).partition("\n")[0]
+    if isinstance(exc, PolicyError) and args.command == "plan":
+        line = (
+            f"{line.rstrip('.')}; list the model's convs with: {prog} plan {shlex.quote(args.model)} --convs"
+        )
+    return line

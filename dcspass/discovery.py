@@ -2,8 +2,10 @@
 
 ``discover(model)`` traces the model with torch.fx (convs as leaves) and lists, in graph order, the conv
 modules (counted once, at their first call) and the ``F.conv2d`` call sites whose weight is a parameter
-or buffer. A model torch.fx cannot trace is run once instead, with forward hooks on its conv modules,
-to learn their order; its functional call sites stay unseen.
+or buffer. DCS layers and torch.ao quantized convs are listed too, as non-convertible: a conv's index
+is its place among all of them, so it does not shift when a model is transformed. A model torch.fx
+cannot trace is run once instead, with forward hooks on its conv modules, to learn their order; its
+functional call sites stay unseen.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch.nn.utils import parametrize
 
 from .errors import ConfigError
 from .functional import pair
+from .layers import DCSConv2d
 from .policies import ConvSite
 from .tracing import trace
 
@@ -28,6 +31,14 @@ _CONV_FUNCTIONS = (F.conv2d, torch.conv2d)
 _CONV_ARGS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
 _CONV_DEFAULTS = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
 DEFAULT_INPUT_HW = (64, 64)  # the dry-run input size for untraceable models without example_inputs
+
+try:  # torch.ao's quantized convs hold a packed integer weight, not an nn.Conv2d's float Parameter
+    from torch.ao.nn.quantized import Conv2d as _QuantizedConv2d
+
+    _QUANTIZED_CONVS: tuple[type, ...] = (_QuantizedConv2d,)
+except ImportError:  # a torch without torch.ao quantization has no such convs to name
+    _QUANTIZED_CONVS = ()
+_CONV_MODULES = (nn.Conv2d, DCSConv2d, *_QUANTIZED_CONVS)
 
 
 @dataclass
@@ -76,9 +87,19 @@ def conv_call_args(node: fx.Node) -> dict[str, Any]:
     return args
 
 
-def _convertibility(conv: nn.Conv2d) -> tuple[bool, str, bool]:
+def _convertibility(conv: nn.Module) -> tuple[bool, str, bool]:
     """``(convertible, reason if not, uses TF-"SAME" padding)`` for a conv module."""
     cls = type(conv)
+    if isinstance(conv, DCSConv2d):
+        k = conv.kernel_size
+        return False, f"already a DCS layer (n={conv.n} of {k}x{k})", False
+    if isinstance(conv, _QUANTIZED_CONVS):
+        return (
+            False,
+            f"{cls.__name__} is a torch.ao quantized conv (integer weight); transform the float model, "
+            "then quantize",
+            False,
+        )
     timm_layers = sys.modules.get("timm.layers")
     tf_same = timm_layers is not None and isinstance(conv, getattr(timm_layers, "Conv2dSame", ()))
     if isinstance(conv.weight, nn.parameter.UninitializedParameter):
@@ -94,12 +115,14 @@ def _convertibility(conv: nn.Conv2d) -> tuple[bool, str, bool]:
     return True, "", False
 
 
-def _site_from_module(index: int, name: str, conv: nn.Conv2d) -> ConvSite:
+def _site_from_module(index: int, name: str, conv: nn.Module) -> ConvSite:
+    """The site of a conv module: an ``nn.Conv2d``, a DCS layer (kept in the count, so indices do not
+    shift on a transformed model) or a torch.ao quantized conv; the last two are non-convertible."""
     convertible, reason, tf_same = _convertibility(conv)
     return ConvSite(
         index=index,
         name=name,
-        kernel_size=tuple(conv.kernel_size),
+        kernel_size=pair(conv.kernel_size, "kernel_size"),
         stride=tuple(conv.stride),
         padding=conv.padding,
         dilation=tuple(conv.dilation),
@@ -111,6 +134,7 @@ def _site_from_module(index: int, name: str, conv: nn.Conv2d) -> ConvSite:
         module=conv,
         convertible=convertible,
         reason=reason,
+        already_dcs=isinstance(conv, DCSConv2d),
     )
 
 
@@ -166,7 +190,7 @@ def _sites_from_graph(gm: fx.GraphModule) -> list[ConvSite]:
     for node in gm.graph.nodes:
         if node.op == "call_module" and node.target not in seen:
             module = gm.get_submodule(node.target)
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, _CONV_MODULES):
                 seen.add(node.target)
                 site = _site_from_module(len(sites) + 1, node.target, module)
                 site.node = node
@@ -180,15 +204,15 @@ def _sites_from_graph(gm: fx.GraphModule) -> list[ConvSite]:
 
 def _sites_from_dry_run(model: nn.Module, example_inputs: Any) -> list[ConvSite]:
     """Convs in the order a forward pass calls them, from hooks on a no-grad eval-mode dry run."""
-    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, _CONV_MODULES)]
     if not convs:
         return []
     if example_inputs is None:
         first = convs[0][1]
+        # A quantized conv's weight is a method; its float input is a float32 tensor on the CPU.
+        weight = first.weight if isinstance(first.weight, torch.Tensor) else torch.empty(0)
         example_inputs = (
-            torch.zeros(
-                1, first.in_channels, *DEFAULT_INPUT_HW, dtype=first.weight.dtype, device=first.weight.device
-            ),
+            torch.zeros(1, first.in_channels, *DEFAULT_INPUT_HW, dtype=weight.dtype, device=weight.device),
         )
     elif isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)

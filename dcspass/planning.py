@@ -20,7 +20,8 @@ from . import bounds
 from .errors import ConfigError
 from .policies import ConvSite, PolicySpec
 from .rewrite import dcs_kernel_size
-from .transformation import analyse, lone_conv_container
+from .text import plural
+from .transformation import analyse, check_tap_counts, lone_conv_container
 from .validation import check_k, check_model, check_n
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ class PlanRow:
     ``k``, ``interval`` and ``admissible`` describe the conv as a DCS layer with the plan's n (for
     every convertible conv, selected or not, so the table shows where Eq. 12 would allow DCS);
     they are None for non-convertible convs, and for an explicit k below the conv's own kernel.
+    A row that is ``already_dcs`` (a DCS layer of a transformed model) has its own k, and keeps its
+    index: rows are numbered as the original model's convs were.
     """
 
     index: int
@@ -56,6 +59,7 @@ class PlanRow:
     admissible: bool | None
     convertible: bool
     reason: str = ""
+    already_dcs: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,7 +67,11 @@ class PlanRow:
 
 @dataclass
 class Plan:
-    """The result of ``plan``: rows in execution order, the selection, and the dataflow graph."""
+    """The result of ``plan``: rows in execution order, the selection, and the dataflow graph.
+
+    ``refusal`` is the ``ConfigError`` message ``transform`` would raise whatever ``check_bounds`` says
+    (n above a selected layer's k*k taps), or ``""``.
+    """
 
     rows: list[PlanRow]
     policy: str
@@ -73,6 +81,7 @@ class Plan:
     traced: bool
     trace_error: str = ""
     graph: nx.DiGraph = field(default_factory=_digraph, repr=False)
+    refusal: str = ""
 
     @property
     def selected(self) -> list[str]:
@@ -84,6 +93,18 @@ class Plan:
         """Whether every selected conv passes the Eq. 12 check (``transform`` would not raise)."""
         return all(r.admissible for r in self.rows if r.selected)
 
+    @property
+    def verdict(self) -> str:
+        """What ``transform`` with the plan's settings would do, and the way out when it would raise."""
+        if self.refusal:
+            return f"transform raises ConfigError, with or without check_bounds: {self.refusal}"
+        if self.admissible:
+            return "every selected layer is admissible"
+        return (
+            "some selected layer is outside its Eq. 12 interval: transform raises BoundError unless "
+            "check_bounds=False"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: the settings, the rows and the graph's edges."""
         return {
@@ -93,6 +114,7 @@ class Plan:
             "eps_l": self.eps_l,
             "traced": self.traced,
             "trace_error": self.trace_error,
+            "refusal": self.refusal,
             "rows": [r.to_dict() for r in self.rows],
             "edges": [list(e) for e in self.graph.edges],
         }
@@ -108,7 +130,7 @@ class Plan:
             interval = "" if r.interval is None else _format_interval(r.interval)
             verdict = ("yes" if r.admissible else "no") if r.admissible is not None else ""
             if not r.convertible:
-                verdict = f"non-convertible: {r.reason}"
+                verdict = r.reason if r.already_dcs else f"non-convertible: {r.reason}"
             table.append(
                 (
                     str(r.index),
@@ -116,7 +138,7 @@ class Plan:
                     r.kind,
                     f"{r.kernel[0]}x{r.kernel[1]}",
                     _format_pair(r.stride),
-                    "DCS" if r.selected else "",
+                    "DCS" if r.selected else "already" if r.already_dcs else "",
                     "" if r.k is None else str(r.k),
                     interval,
                     verdict,
@@ -128,15 +150,11 @@ class Plan:
             cells = [row[0].rjust(widths[0])]
             cells += [c.ljust(w) for c, w in zip(row[1:], widths[1:], strict=False)]
             lines.append("  ".join([*cells, row[-1]]).rstrip())
-        verdict = (
-            "every selected layer is admissible"
-            if self.admissible
-            else (
-                "some selected layer is outside its Eq. 12 interval: transform raises BoundError "
-                "unless check_bounds=False"
-            )
+        already = sum(r.already_dcs for r in self.rows)
+        counts = f"{len(self.selected)} of {len(self.rows)} convs selected" + (
+            f" ({already} already DCS)" if already else ""
         )
-        lines.append(f"{len(self.selected)} of {len(self.rows)} convs selected; {verdict}.")
+        lines.append(f"{counts}; {self.verdict}.")
         return "\n".join(lines)
 
     def draw(self, path: str | None = None, ax: Any = None) -> Any:
@@ -164,7 +182,7 @@ class Plan:
             fig, ax = plt.subplots(figsize=(width, 4.5))
         else:
             fig = ax.figure
-        dcs = set(self.selected)
+        dcs = set(self.selected) | {r.name for r in self.rows if r.already_dcs}
         colors = [
             "tab:red" if v in dcs else ("lightgray" if v in ("input", "output") else "tab:blue")
             for v in g.nodes
@@ -177,7 +195,7 @@ class Plan:
             ax.annotate(
                 v, pos[v], xytext=(4, 6), textcoords="offset points", rotation=30, fontsize=6, color="tab:red"
             )
-        ax.set_title(f"{len(dcs)} DCS layers (red), policy={self.policy}, n={self.n}", fontsize=9)
+        ax.set_title(f"{plural(len(dcs), 'DCS layer')} (red), policy={self.policy}, n={self.n}", fontsize=9)
         ax.set_axis_off()
         if path is not None:
             fig.savefig(path, dpi=150, bbox_inches="tight")
@@ -198,8 +216,9 @@ def plan(
     ``model`` is not modified (it is traced, or for an untraceable model run once in eval mode under
     no_grad to order its convs; ``example_inputs`` as in ``transform``). Raises ``ModelError`` for
     anything that is not an ``nn.Module``, ``PolicyError`` as ``transform`` does (bad spelling, missing
-    index, nothing selected), and ``ConfigError`` for a bad n or k, or an explicit k below a selected
-    conv's kernel; an inadmissible n is reported in the rows instead.
+    index, nothing selected, a layer that is already DCS), and ``ConfigError`` for a bad n or k, or an
+    explicit k below a selected conv's kernel. An inadmissible n, and an n above a selected layer's k*k
+    taps, are reported in the rows and in ``refusal`` instead.
     """
     check_model(model, "dcspass.plan")
     check_n(n)
@@ -207,15 +226,22 @@ def plan(
     analysis = analyse(lone_conv_container(model), policy, k, example_inputs)
     found = analysis.found
     chosen = {s.name for s in analysis.selected}
+    try:
+        check_tap_counts(analysis, n)
+        refusal = ""
+    except ConfigError as exc:
+        refusal = str(exc)
     rows = []
     for site in found.sites:
         k_site = interval = admissible = None
-        if site.convertible:
+        if site.already_dcs:
+            k_site = site.kernel_size[0]
+        elif site.convertible:
             try:
                 k_site = dcs_kernel_size(site, k)
             except ConfigError:
                 k_site = None
-        if k_site is not None:
+        if k_site is not None and site.convertible:
             s = bounds.effective_stride(site.stride)
             interval = bounds.interval(s, k_site, eps_c, eps_l)
             admissible = interval[0] <= n <= interval[1] and n <= k_site * k_site
@@ -232,6 +258,7 @@ def plan(
                 admissible=admissible,
                 convertible=site.convertible,
                 reason=site.reason,
+                already_dcs=site.already_dcs,
             )
         )
     graph = _digraph(traced=found.traced)
@@ -241,7 +268,8 @@ def plan(
     graph.add_node("output")
     edges = _chain(found.sites) if found.graph is None else _dataflow_edges(found.graph, found.sites)
     graph.add_edges_from(edges)
-    return Plan(rows, _policy_label(policy), n, eps_c, eps_l, found.traced, found.trace_error, graph)
+    label = _policy_label(policy)
+    return Plan(rows, label, n, eps_c, eps_l, found.traced, found.trace_error, graph, refusal)
 
 
 def _dataflow_edges(gm: fx.GraphModule, sites: list[ConvSite]) -> list[tuple[str, str]]:

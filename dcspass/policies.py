@@ -3,7 +3,9 @@
 A policy sees every conv of the model as a ``ConvSite`` (1-based execution index, qualified name,
 kernel, stride, ...) and answers yes or no. Spellings:
 
-- ``"downsample"``: stride > 1 and spatial kernel > 1 (1x1 projections excluded).
+- ``"downsample"``: stride > 1 along both axes and spatial kernel > 1 (1x1 projections excluded);
+  the stride Eq. 12 checks is the smaller one (``dcspass.bounds.effective_stride``), so a (2, 1)
+  stride counts as 1 in both places.
 - ``"index:6"``, ``"index:2,6"``: the 6th (2nd and 6th) conv in execution order, 1-based as the paper
   counts layers (on torchvision's ResNet-18, index 6 is ``layer2.0.conv1``).
 - ``"name:layer*.0.conv1"``: shell-style globs on qualified names (several separated by commas).
@@ -12,7 +14,9 @@ kernel, stride, ...) and answers yes or no. Spellings:
 - ``Policy`` objects, which compose: ``Downsample() | Index(2)``, ``Name("layer4*") & ~Index(17)``.
 
 Convs that cannot be converted without changing what they compute (a subclass whose forward changes
-the weight, such as timm's ``StdConv2d``) are never selected, whatever the policy says.
+the weight, such as timm's ``StdConv2d``; a torch.ao quantized conv) are never selected, whatever the
+policy says. DCS layers keep their index (a transformed model numbers its convs as the original did);
+a policy that selects one raises ``PolicyError``: a conv is transformed once.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 
 from torch import nn
 
+from .bounds import effective_stride
 from .errors import PolicyError
 
 __all__ = [
@@ -50,7 +55,8 @@ class ConvSite:
     Attributes mirror ``nn.Conv2d`` (``kernel_size``, ``stride``, ``dilation`` are pairs; ``padding`` is
     the conv's own value: a pair, a 4-tuple ``(left, right, top, bottom)`` or a string).
     ``module`` is the conv module, or None for an ``F.conv2d`` call site in the graph.
-    ``convertible`` is False (with ``reason``) when turning it into DCS would change what it computes.
+    ``convertible`` is False (with ``reason``) when turning it into DCS would change what it computes,
+    and for a layer that is ``already_dcs``.
     """
 
     index: int
@@ -68,6 +74,7 @@ class ConvSite:
     node: Any = field(default=None, repr=False, compare=False)
     convertible: bool = True
     reason: str = ""
+    already_dcs: bool = False
 
     @property
     def kind(self) -> str:
@@ -106,10 +113,14 @@ class Policy:
 
 
 class Downsample(Policy):
-    """Convs with stride > 1 along some axis and a spatial kernel larger than 1x1."""
+    """Convs with stride > 1 along both axes and a spatial kernel larger than 1x1.
+
+    The stride is the one Eq. 12 checks (``effective_stride``, the smaller of the two): a (2, 1)
+    stride is S=1 there, where the default tolerances admit no n, so it is not selected.
+    """
 
     def selects(self, site: ConvSite) -> bool:
-        return max(site.stride) > 1 and max(site.kernel_size) > 1
+        return effective_stride(site.stride) > 1 and max(site.kernel_size) > 1
 
     def __repr__(self) -> str:
         return "Downsample()"
@@ -251,10 +262,12 @@ def format_sites(sites: Sequence[ConvSite]) -> str:
     width = max(len(s.name) for s in sites)
     lines = [f"Convs in execution order:\n  {'index':>5}  {'name':<{width}}  kernel  stride"]
     for s in sites:
-        note = "" if s.convertible else f"  (non-convertible: {s.reason})"
+        note = ""
+        if not s.convertible:
+            note = f"  {s.reason}" if s.already_dcs else f"  (non-convertible: {s.reason})"
         kernel = f"{s.kernel_size[0]}x{s.kernel_size[1]}"
         stride = f"{s.stride[0]}x{s.stride[1]}" if s.stride[0] != s.stride[1] else str(s.stride[0])
-        lines.append(f"  {s.index:>5}  {s.name:<{width}}  {kernel:<6}  {stride:<6}{note}")
+        lines.append(f"  {s.index:>5}  {s.name:<{width}}  {kernel:<6}  {stride:<6}{note}".rstrip())
     return "\n".join(lines)
 
 
@@ -270,9 +283,26 @@ def select(policy: PolicySpec, sites: Sequence[ConvSite]) -> tuple[list[ConvSite
         raise PolicyError(f"{exc}\n{format_sites(sites)}") from None
     rule.validate(sites)
     matched = [s for s in sites if rule.selects(s)]
+    dcs = [s for s in matched if s.already_dcs]
+    if dcs:
+        names = ", ".join(f"{s.name} (index {s.index})" for s in dcs)
+        others = [s for s in matched if s.convertible]
+        fix = (
+            f"{rule!r} & ~Name({', '.join(repr(s.name) for s in dcs)}) selects the rest"
+            if others
+            else "choose other convs"
+        )
+        raise PolicyError(
+            f"policy {policy!r} ({rule!r}) selects layers that are already DCS: {names}; a conv is "
+            f"transformed once: {fix}\n" + format_sites(sites)
+        )
     chosen = [s for s in matched if s.convertible]
     refused = [s for s in matched if not s.convertible]
     if not chosen:
-        why = "matches only non-convertible convs" if refused else "matches no conv"
+        why = "matches no conv"
+        if refused:
+            why = "matches only non-convertible convs: " + "; ".join(
+                f"{s.name} ({s.reason})" for s in refused
+            )
         raise PolicyError(f"policy {policy!r} ({rule!r}) {why}.\n" + format_sites(sites))
     return chosen, refused

@@ -7,6 +7,7 @@ evaluates anything. Nothing here writes a lasting file.
 
 from __future__ import annotations
 
+import errno
 import tempfile
 from pathlib import Path
 
@@ -52,14 +53,22 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def _probe_writable(folder: Path, flag: str, target: Path) -> None:
-    """Create and remove a temporary file in ``folder``: the one test that also holds for root and /proc."""
+    """Create and remove a temporary file in ``folder``: the one test that also holds for root and /proc.
+
+    ``target`` is ``folder`` itself, or a path under it whose missing folders a run would create there.
+    """
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise ConfigError(
-            f"{flag} {target}: cannot write in {folder} ({exc.strerror or exc}); choose a writable path"
-        ) from exc
+        why = {
+            errno.ENOENT: f"{folder} accepts no new entries",  # it exists: a virtual file system (/proc)
+            errno.EACCES: f"no permission to write in {folder}",
+            errno.EPERM: f"no permission to write in {folder}",
+            errno.EROFS: f"{folder} is on a read-only file system",
+        }.get(exc.errno, exc.strerror or str(exc))
+        what = f"cannot write in {folder}" if folder == target else "the folder cannot be created"
+        raise ConfigError(f"{flag} {target}: {what} ({why}); choose a writable path") from exc
 
 
 def output_dir(path: str | Path, flag: str = "--out") -> Path:

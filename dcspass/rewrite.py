@@ -170,7 +170,8 @@ def dcs_from_site(site: ConvSite, k: int, n: int, init: str = "fresh") -> DCSCon
     """The ``DCSConv2d`` that replaces a conv: same channels, stride, dilation, groups, padding mode,
     padding grown by the ring so each output pixel reads the same window; weights per ``init``
     (``"fresh"``: re-initialised as ``nn.Conv2d`` would; ``"embed"``: the original kernel at the
-    centre of a zero ring, bias copied)."""
+    centre of a zero ring, bias copied). The weight keeps the conv weight's memory format (channels_last
+    or contiguous)."""
     weight, bias = _site_parameters(site)
     kh, kw = site.kernel_size
     dh, dw = site.dilation
@@ -207,12 +208,26 @@ def dcs_from_site(site: ConvSite, k: int, n: int, init: str = "fresh") -> DCSCon
             layer.weight[:, :, top_off : top_off + kh, left_off : left_off + kw] = weight
             if bias is not None:
                 layer.bias.copy_(bias)
+    layer.to(memory_format=_memory_format(weight))
     layer.weight.requires_grad_(weight.requires_grad)
     if bias is not None:
         layer.bias.requires_grad_(bias.requires_grad)
     if site.module is not None:
         layer.train(site.module.training)
     return layer
+
+
+def _memory_format(weight: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` for a 4-d weight laid out that way (as ``model.to(memory_format=
+    torch.channels_last)`` leaves it), else ``torch.contiguous_format``.
+
+    Read from the strides, not ``is_contiguous``: a 1x1 kernel in channels_last is both.
+    """
+    if weight.dim() != 4:
+        return torch.contiguous_format
+    channels_last = torch.empty(weight.shape, device="meta", memory_format=torch.channels_last).stride()
+    plain = torch.empty(weight.shape, device="meta").stride()
+    return torch.channels_last if weight.stride() == channels_last != plain else torch.contiguous_format
 
 
 def _site_parameters(site: ConvSite) -> tuple[torch.Tensor, torch.Tensor | None]:

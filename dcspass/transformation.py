@@ -31,7 +31,7 @@ from .rewrite import FROZEN_MODE, dcs_kernel_size, rewrite, zero_ring_draw_proba
 from .tracing import ModeSwitchingGraphs
 from .validation import check_k, check_model, check_n
 
-__all__ = ["Analysis", "analyse", "lone_conv_container", "transform"]
+__all__ = ["Analysis", "analyse", "check_tap_counts", "lone_conv_container", "transform"]
 
 INITS = ("fresh", "embed")
 
@@ -179,10 +179,16 @@ def _copy_model(model: nn.Module) -> nn.Module:
         ) from exc
 
 
-def _check_selection(analysis: Analysis, n: int, check_bounds: bool, eps_c: float, eps_l: float) -> None:
-    """Every check on the selection, before any rewrite: n fits the kernel, and Eq. 12."""
+def check_tap_counts(analysis: Analysis, n: int) -> None:
+    """``ConfigError`` unless n fits the k*k taps of every selected layer: ``check_bounds=False`` does not
+    lift this one (``plan`` reports it as the refusal it is)."""
     for site in analysis.selected:
         check_n(n, analysis.kernel_sizes[site.name], layer=site.name)
+
+
+def _check_selection(analysis: Analysis, n: int, check_bounds: bool, eps_c: float, eps_l: float) -> None:
+    """Every check on the selection, before any rewrite: n fits the kernel, and Eq. 12."""
+    check_tap_counts(analysis, n)
     if not check_bounds:
         return
     failing = [

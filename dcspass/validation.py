@@ -34,7 +34,9 @@ def check_n(n: object, k: int | None = None, layer: str = "") -> int:
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ConfigError(f"{where}n must be a positive int (taps per forward), got n={n!r}")
     if k is not None and n > k * k:
-        raise ConfigError(f"{where}n={n} exceeds the k*k={k * k} taps of a {k}x{k} kernel")
+        raise ConfigError(
+            f"{where}n={n} exceeds the k*k={k * k} taps of a {k}x{k} kernel; use n <= {k * k} or a larger k"
+        )
     return n
 
 

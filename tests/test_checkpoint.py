@@ -97,6 +97,30 @@ def test_missing_corrupt_and_foreign_files(tmp_path):
         load_model(tmp_path / "foreign.pt")
 
 
+@pytest.mark.parametrize("size", [5_000, 20_000, 50_000])
+def test_truncated_checkpoint_is_reported_as_truncated(tmp_path, size):
+    # Cut to 5-50 KB, torch's zip reader seeks before the file's start and raises OSError(EINVAL).
+    cfg = _config(policy=None, method="clean")
+    save_checkpoint(tmp_path / "whole.pt", _tiny_payload(dcspass.training.build_network(cfg), cfg))
+    whole = (tmp_path / "whole.pt").read_bytes()
+    assert len(whole) > size
+    (tmp_path / "cut.pt").write_bytes(whole[:size])
+    with pytest.raises(CheckpointError) as info:
+        load_model(tmp_path / "cut.pt")
+    message = str(info.value)
+    assert message.startswith(f"checkpoint {tmp_path / 'cut.pt'} cannot be parsed: it is corrupt, truncated")
+    assert message.endswith("point to another file, or train again")
+
+
+def test_missing_checkpoint_names_the_flag_that_gave_it(tmp_path):
+    with pytest.raises(
+        CheckpointError, match=r"does not exist; train first, or check --transfer-checkpoint$"
+    ):
+        load_model(tmp_path / "none.pt", flag="--transfer-checkpoint")
+    with pytest.raises(CheckpointError, match=r"does not exist; train first, or check the path$"):
+        load_model(tmp_path / "none.pt")
+
+
 def test_write_is_atomic_and_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "c.pt"
     save_checkpoint(path, {"epoch": 1})

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import dcspass
-from dcspass.cli import main, model_from_spec
+from dcspass.cli import build_parser, main, model_from_spec
 from dcspass.errors import ConfigError
 
 
@@ -89,11 +89,34 @@ def test_help_lists_examples(command):
     assert f"python -m dcspass {command} " in examples
 
 
+@pytest.mark.parametrize("command", [[], ["plan"], ["evaluate"], ["data"]])
+def test_help_is_plain_text(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: ") and "``" not in text  # no reST markup from docstrings
+
+
+def test_plan_policy_error_is_one_line_that_names_the_conv_listing(capsys):
+    assert main(["plan", "torchvision:resnet18", "--policy", "index:99"]) == 2
+    err = capsys.readouterr().err
+    prog = build_parser().prog  # "dcspass", or "python -m dcspass" when run as a module
+    assert err == (
+        "error: policy index:99: the model has 20 convs, so index [99] does not exist (indices are 1-based, "
+        f"in execution order); list the model's convs with: {prog} plan torchvision:resnet18 --convs\n"
+    )
+    assert main(["plan", "torchvision:resnet18", "--convs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "Convs in execution order:" and len(lines) == 2 + 20
+    assert lines[7].split() == ["6", "layer2.0.conv1", "3x3", "2"]
+
+
 def test_no_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main([])
     assert exit_.value.code == 2
-    assert "required: {plan,evaluate}" in capsys.readouterr().err
+    assert "required: {plan,evaluate,data}" in capsys.readouterr().err
 
 
 # -- no module shadows a public function ------------------------------------------------------------

@@ -211,3 +211,40 @@ def test_plan_draw_to_an_unwritable_path(tmp_path):
     proc = _run(tmp_path, "-m", "dcspass", "plan", "torchvision:resnet18", "--draw", "/proc/x/graph.png")
     _one_line_error(proc, "--draw", "/proc")
     assert proc.stdout == ""  # checked before planning
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["torchvision:resnet18", "--policy", "bogus"], "error: unknown policy 'bogus'; expected"),
+        (["torchvision:vgg11"], "error: policy 'downsample' (Downsample()) matches no conv;"),
+    ],
+)
+def test_plan_policy_errors_are_one_line(tmp_path, argv, fragment):
+    proc = _run(tmp_path, "-m", "dcspass", "plan", *argv)
+    err = _one_line_error(
+        proc, fragment, f"list the model's convs with: python -m dcspass plan {argv[0]} --convs"
+    )
+    assert "Convs in execution order" not in err and proc.stdout == ""
+
+
+def test_evaluate_out_that_cannot_be_created_says_why(tmp_path):
+    argv = ["-m", "dcspass", "evaluate", "--checkpoint", str(tmp_path / "m.pt"), "--device", "cpu"]
+    proc = _run(tmp_path, *argv, "--out", "/proc/dcspass-eval")
+    _one_line_error(
+        proc, "--out /proc/dcspass-eval: the folder cannot be created (/proc accepts no new entries)"
+    )
+
+
+def test_evaluate_transfer_checkpoint_error_names_its_flag(tmp_path):
+    checkpoint = _checkpoint(tmp_path / "m.pt")
+    before = _snapshot(tmp_path)
+    argv = ["-m", "dcspass", "evaluate", "--checkpoint", str(checkpoint), "--device", "cpu"]
+    proc = _run(
+        tmp_path, *argv, "--transfer-checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "e")
+    )
+    err = _one_line_error(
+        proc, f"checkpoint {tmp_path / 'none.pt'} does not exist", "check --transfer-checkpoint"
+    )
+    assert "--out" not in err
+    assert _snapshot(tmp_path) == before

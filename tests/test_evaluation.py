@@ -20,8 +20,9 @@ from dcspass.evaluation.analyses import gradient_cosine, overlap_classes
 from dcspass.evaluation.attacks import ExpectedModel, apgd, autoattack_paper, margin_pgd, pgd, square
 from dcspass.evaluation.context import EvalContext
 from dcspass.evaluation.draws import DrawRunner, TapSets, all_tap_sets
-from dcspass.evaluation.protocols import known_taps_batch
+from dcspass.evaluation.protocols import ProtocolResult, adaptive_attacks, known_taps_batch
 from dcspass.evaluation.reference import ROWS, pyautoattack_version
+from dcspass.evaluation.sanity import check_gradient_free
 from dcspass.evaluation.scoring import Accuracy, Scorer
 
 
@@ -303,6 +304,46 @@ def test_gradient_free_check_trips_on_gradient_masking(trained, fmnist_test):
     assert acc["EOT-PGD"].mean > acc["Square (EOT)"].mean + 0.15
     assert checks["healthy"]["taps change between forwards"].passed is True
     assert checks["healthy"]["no NaN/inf"].passed is True
+
+
+@pytest.mark.parametrize(
+    ("square", "relation", "passed"),
+    [
+        (0.75, "Square is higher by 0.500", True),
+        (0.0, "Square is lower by 0.250", False),
+        (0.25, "the same", True),
+    ],
+)
+def test_gradient_free_check_says_which_attack_is_stronger(square, relation, passed):
+    per_image = {"EOT-PGD": [0.25] * 8, "APGD-CE (EOT)": [0.5] * 8, "Square (EOT)": [square] * 8}
+    adaptive = ProtocolResult(
+        "adaptive", {name: Accuracy.of(torch.tensor(p), "exact") for name, p in per_image.items()}
+    )
+    check = check_gradient_free(adaptive)
+    gap = 0.25 - square  # the best gradient-based attack (EOT-PGD) minus Square
+    assert check.passed is passed
+    assert check.detail.startswith(
+        f"Square (EOT) {square:.3f} vs best gradient-based EOT-PGD 0.250: {relation} "
+        f"(gradient-based minus Square {gap:.3f} [{gap:.3f}, {gap:.3f}];"
+    )
+
+
+def test_descriptions_count_in_the_right_number():
+    model = TinyDCSNet()
+    budget = dataclasses.replace(get_budget("smoke"), repeats=1, eot_samples=1, exact_steps=1, pgd_steps=2)
+    text = budget.describe()
+    assert "paper x1 repeat, EOT-PGD 3 steps x 1 draw," in text and "exact PGD 1 step;" in text
+    ctx = EvalContext(model, DrawRunner(model), 8 / 255, budget, 10, 0)
+    labels = {name: label for name, (label, _attack, _worst) in adaptive_attacks(ctx).items()}
+    assert labels["exact expectation"].startswith("PGD, 1 step of 2.5 eps, exact expectation over all")
+    assert labels["EOT-PGD"] == "PGD on E[softmax] over 1 batched draw per step, 3 steps"
+    scorer = Scorer(ctx.runner, max_sets=0, draws=1, seed=0)
+    assert scorer.method == "sampled: 1 independent draw per image (exact scoring off)"
+    scorer = Scorer(ctx.runner, max_sets=10, draws=16, seed=0)
+    assert (
+        scorer.method
+        == "sampled: 16 independent draws per image (300 tap sets, more than the 10 scored exactly)"
+    )
 
 
 # -- a small real run -----------------------------------------------------------------------------

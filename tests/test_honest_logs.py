@@ -60,7 +60,7 @@ def test_epoch_line_and_history_name_images_and_draws(capsys):
     result = train(cfg, TensorDataset(x, y), TensorDataset(xe, ye), name="tiny")
     record = result.history[0]
     assert (record["eval_images"], record["eval_draws"]) == (8, 3)
-    assert "8 images, expected over 3 draw(s) of taps" in capsys.readouterr().out
+    assert "8 images, expected over 3 draws of taps" in capsys.readouterr().out
     base = train(tiny_config("pgd_at", epochs=1, samples_per_epoch=32, eval_examples=8, batch_size=16),
                  TensorDataset(x, y), TensorDataset(xe, ye), progress=False)  # fmt: skip
     assert base.history[0]["eval_draws"] == 1  # no taps to draw: one forward is exact

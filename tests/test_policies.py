@@ -22,6 +22,10 @@ def selected(model: nn.Module, policy) -> list[str]:
     return dcspass.plan(model, policy).selected
 
 
+def _dcs_names(model: nn.Module) -> list[str]:
+    return [name for name, _ in dcspass.dcs_layers(model)]
+
+
 def test_string_spellings(resnet18):
     assert selected(resnet18, "downsample") == DOWNSAMPLE
     assert selected(resnet18, "index:6") == ["layer2.0.conv1"]
@@ -111,3 +115,56 @@ def test_policy_object_validation():
         Index(0)
     with pytest.raises(PolicyError, match="non-empty glob"):
         Name()
+
+
+@pytest.mark.parametrize(
+    ("policy", "fix"),
+    [
+        ("index:6", "choose other convs"),
+        ("index:6,7", "Index(6, 7) & ~Name('layer2.0.conv1') selects the rest"),
+        ("downsample", "choose other convs"),  # on a transformed ResNet-18 it matches only DCS layers
+    ],
+)
+def test_a_policy_that_selects_an_already_dcs_layer_says_so(resnet18, policy, fix):
+    dcs = dcspass.transform(resnet18, "downsample")
+    with pytest.raises(PolicyError) as info:
+        dcspass.transform(dcs, policy)
+    first, *table = str(info.value).splitlines()
+    assert "already DCS: " in first and "layer2.0.conv1 (index 6)" in first and first.endswith(fix)
+    assert "a conv is transformed once" in first
+    assert table[7].split()[:4] == ["6", "layer2.0.conv1", "5x5", "2"]
+    assert table[7].endswith("  already a DCS layer (n=2 of 5x5)")
+    if "&" in fix:  # the composed policy the message proposes selects the rest
+        proposed = eval(fix.removesuffix(" selects the rest"), vars(dcspass.policies))
+        rest = dcspass.transform(dcs, proposed, check_bounds=False)
+        assert _dcs_names(rest) == [
+            "conv1",
+            "layer2.0.conv1",
+            "layer2.0.conv2",
+            "layer3.0.conv1",
+            "layer4.0.conv1",
+        ]
+
+
+class Anisotropic(nn.Module):
+    """A stride-(2, 1) conv (it halves the height only) beside a stride-2 one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tall = nn.Conv2d(3, 8, 3, stride=(2, 1), padding=1)
+        self.square = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.square(self.tall(x))
+
+
+def test_downsample_and_the_bound_read_one_stride_for_anisotropic_convs():
+    model = Anisotropic()
+    p = dcspass.plan(model, "downsample")
+    assert p.selected == ["square"] and p.admissible  # (2, 1) is S=1 for Eq. 12, so it is not selected
+    tall = p.rows[0]
+    assert tall.stride == (2, 1) and tall.interval == dcspass.bounds.interval(1, 5) and not tall.admissible
+    for site_stride in [(2, 1), (1, 2), (2, 2), (3, 2), (1, 1)]:
+        site = dcspass.policies.ConvSite(1, "c", (3, 3), site_stride, 1, (1, 1), 1, 3, 8)
+        assert Downsample().selects(site) == (dcspass.bounds.effective_stride(site_stride) > 1)
+    assert _dcs_names(dcspass.transform(model, "downsample")) == ["square"]

@@ -103,7 +103,7 @@ def test_evaluation_shows_a_bar_per_protocol_and_attack(monkeypatch):
     torch.manual_seed(0)
     dcspass.evaluate(TinyDCS(), [(x, y)], budget=TINY_BUDGET, analyses=False)
     err = stream.getvalue()
-    assert "evaluate: paper protocol, 1 repeat(s) on 8 images" in err
+    assert "evaluate: paper protocol, 1 repeat on 8 images" in err
     assert "evaluate: adaptive protocol on 8 images" in err
     assert "paper protocol, repeat 1/1" in err
     for attack in ("EOT-PGD", "APGD-CE (EOT)", "exact expectation", "Square (EOT)"):

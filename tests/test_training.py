@@ -7,8 +7,9 @@ import torch
 from torch.utils.data import TensorDataset
 
 import dcspass
+from dcspass import ConfigError
 from dcspass.data import FASHION_MNIST_DIR, fashion_mnist_tensors
-from dcspass.training import GSAT, TrainConfig, build_network, make_method, train
+from dcspass.training import GSAT, TrainConfig, build_network, load_checkpoint, make_method, train
 
 from ._tiny import tiny_config
 
@@ -115,6 +116,25 @@ def test_train_loop_runs_an_epoch_and_logs(capsys, tmp_path):
     (record,) = result.history
     assert record["epoch"] == 1 and 0 <= record["pgd_acc"] <= 1 and record["seconds"] > 0
     assert "[gsat] epoch 1/1" in capsys.readouterr().out
+
+
+def test_train_never_replaces_a_checkpoint_silently(tmp_path):
+    path = tmp_path / "ck.pt"
+    path.write_bytes(b"a checkpoint the user keeps")
+    x, y = fashion_mnist_tensors(train=True, limit=16)
+    data = TensorDataset(x, y)
+    config = tiny_config("clean", samples_per_epoch=16, eval_examples=4, batch_size=16)
+    with pytest.raises(ConfigError) as info:
+        train(config, data, data, path, progress=False)
+    assert str(info.value) == (
+        f"train: checkpoint {path} already exists; pass resume=True to continue it, overwrite=True to "
+        "train from scratch over it, or another checkpoint_path"
+    )
+    with pytest.raises(ConfigError, match="resume=True and overwrite=True contradict each other"):
+        train(config, data, data, path, resume=True, overwrite=True, progress=False)
+    assert path.read_bytes() == b"a checkpoint the user keeps"
+    result = train(config, data, data, path, overwrite=True, progress=False)
+    assert result.completed and load_checkpoint(path)["epoch"] == 1
 
 
 def test_bad_configs_are_config_errors():

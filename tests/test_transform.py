@@ -350,6 +350,35 @@ def test_embed_and_fresh_initialisation(resnet18):
     assert not torch.allclose(fresh[:, :, 1:4, 1:4], original)
 
 
+@pytest.mark.parametrize("init", ["fresh", "embed"])
+def test_channels_last_model_keeps_channels_last_dcs_weights(init):
+    # A 1x1 kernel in channels_last is contiguous too: its layout shows only in the strides.
+    # n=25 uses every tap: no draw reads only the zero ring, so init="embed" does not warn.
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.Conv2d(8, 8, 1, stride=2), nn.Conv2d(8, 4, 3))
+    policy = dcspass.policies.Index(1, 2)
+    plain = dcspass.transform(model, policy, n=25, init=init, check_bounds=False)
+    last = dcspass.transform(
+        copy.deepcopy(model).to(memory_format=torch.channels_last),
+        policy,
+        n=25,
+        init=init,
+        check_bounds=False,
+    )
+    for name in ("0", "1"):
+        w_plain, w_last = plain.get_submodule(name).weight, last.get_submodule(name).weight
+        assert w_plain.is_contiguous() and not w_plain.is_contiguous(memory_format=torch.channels_last)
+        assert w_last.is_contiguous(memory_format=torch.channels_last) and not w_last.is_contiguous()
+        if init == "embed":
+            torch.testing.assert_close(w_last, w_plain, rtol=0, atol=0)
+    assert last.get_submodule("2").weight.is_contiguous(memory_format=torch.channels_last)  # untouched
+    last.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 17, 17)
+    with dcspass.frozen_taps(plain) as taps, dcspass.using_taps(last, taps):
+        torch.testing.assert_close(last(x.to(memory_format=torch.channels_last)), plain(x))
+        last(x).sum().backward()
+    assert last.get_submodule("0").weight.grad.shape == (8, 3, 5, 5)
+
+
 def test_k_default_and_explicit(resnet18):
     model = dcspass.transform(resnet18, "downsample", k=None)
     assert model.conv1.kernel_size == 7  # max(5, 7)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..layers import DCSConv2d
 from ..sampling import using_taps
+from ..text import plural
 from .attacks import ExpectedModel, pgd
 from .context import EvalContext
 from .protocols import batches, one_draw_per_image
@@ -154,21 +155,25 @@ def sweeps(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> dict:
             "values": list(b.sweep_steps),
             "paper": [paper(eps, s) for s in b.sweep_steps],
             "adaptive": [adaptive(eps, s, b.eot_samples) for s in b.sweep_steps],
-            "fixed": f"eps={eps * 255:.1f}/255; adaptive EOT over {b.eot_samples} draws",
+            "fixed": f"eps={eps * 255:.1f}/255; adaptive EOT over {plural(b.eot_samples, 'draw')}",
         },
         "eps": {
             "values": [e * 255 for e in b.sweep_eps],
             "paper": [paper(e, b.pgd_steps) for e in b.sweep_eps],
             "adaptive": [adaptive(e, b.eot_steps, b.eot_samples) for e in b.sweep_eps],
             "fixed": (
-                f"paper PGD-{b.pgd_steps}; adaptive EOT-PGD-{b.eot_steps} x {b.eot_samples} draws; eps /255"
+                f"paper PGD-{b.pgd_steps}; adaptive EOT-PGD-{b.eot_steps} x {plural(b.eot_samples, 'draw')}; "
+                "eps /255"
             ),
         },
         "eot": {
             "values": list(b.sweep_eot),
             "paper": [paper(eps, b.eot_steps) for _ in b.sweep_eot],
             "adaptive": [adaptive(eps, b.eot_steps, e) for e in b.sweep_eot],
-            "fixed": f"eps={eps * 255:.1f}/255, {b.eot_steps} steps; paper: EOTPGD with taps frozen (= PGD)",
+            "fixed": (
+                f"eps={eps * 255:.1f}/255, {plural(b.eot_steps, 'step')}; "
+                "paper: EOTPGD with taps frozen (= PGD)"
+            ),
         },
     }
     for curve in curves.values():

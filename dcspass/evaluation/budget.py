@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..errors import EvaluationError
+from ..text import plural
 
 __all__ = ["BUDGETS", "Budget", "get_budget"]
 
@@ -95,10 +96,10 @@ class Budget:
     def describe(self) -> str:
         """One line naming the budget and its main settings (printed beside every number)."""
         return (
-            f"budget={self.name}: {self.examples} images, paper x{self.repeats} repeats, "
-            f"EOT-PGD {self.eot_steps} steps x {self.eot_samples} draws, margin EOT-PGD "
-            f"{self.margin_steps} x {self.margin_samples}, APGD {self.apgd_steps} it. "
-            f"EOT {self.apgd_eot}, exact PGD {self.exact_steps} steps; all-{self.all_correct_k}-correct"
+            f"budget={self.name}: {plural(self.examples, 'image')}, paper x{plural(self.repeats, 'repeat')}, "
+            f"EOT-PGD {plural(self.eot_steps, 'step')} x {plural(self.eot_samples, 'draw')}, margin EOT-PGD "
+            f"{self.margin_steps} x {self.margin_samples}, APGD {self.apgd_steps} it. EOT {self.apgd_eot}, "
+            f"exact PGD {plural(self.exact_steps, 'step')}; all-{self.all_correct_k}-correct"
         )
 
     def to_dict(self) -> dict:

@@ -14,6 +14,7 @@ from torch import nn
 from ..errors import EvaluationError
 from ..progress import stage
 from ..sampling import dcs_layers
+from ..text import plural
 from ..tracing import model_name
 from .analyses import gradient_cosine, sweeps
 from .budget import Budget, get_budget
@@ -151,7 +152,8 @@ def evaluate(
     report = Report(config=config, warnings=warnings_out)
     start = time.perf_counter()
     if protocol in ("paper", "both"):
-        stage(f"evaluate: paper protocol, {repeats} repeat(s) on {x.shape[0]} images ({b.name} budget)")
+        runs = f"{plural(repeats, 'repeat')} on {plural(x.shape[0], 'image')}"
+        stage(f"evaluate: paper protocol, {runs} ({b.name} budget)")
         report.paper = run_paper(ctx, x, y, repeats)
         report.seconds["paper protocol"] = time.perf_counter() - start
     if protocol in ("adaptive", "both"):

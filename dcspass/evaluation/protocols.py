@@ -22,6 +22,7 @@ from torch import nn
 
 from ..progress import bar
 from ..sampling import dcs_layers
+from ..text import plural
 from .attacks import (
     AttackFn,
     ExpectedModel,
@@ -85,10 +86,13 @@ def paper_attacks(ctx: EvalContext, seed: int) -> dict[str, tuple[str, AttackFn]
     if b.autoattack == "standard":
         aa = "AutoAttack standard (torchattacks: APGD-CE, APGD-T, FAB-T, Square-5000)"
     else:
-        aa = f"AutoAttack reduced: APGD-CE + APGD-T ({b.apgd_steps} it., {b.apgdt_targets} target class(es))"
+        aa = (
+            f"AutoAttack reduced: APGD-CE + APGD-T ({b.apgd_steps} it., "
+            f"{plural(b.apgdt_targets, 'target class', 'target classes')})"
+        )
     return {
         f"PGD-{b.pgd_steps}": (
-            f"PGD, {b.pgd_steps} steps, step eps/4, random start",
+            f"PGD, {plural(b.pgd_steps, 'step')}, step eps/4, random start",
             pgd(m, eps, b.pgd_steps),
         ),
         "AutoAttack": (
@@ -96,21 +100,22 @@ def paper_attacks(ctx: EvalContext, seed: int) -> dict[str, tuple[str, AttackFn]
             autoattack_paper(m, eps, ctx.n_classes, seed, b.autoattack, b.apgd_steps, b.apgdt_targets),
         ),
         "CW": (
-            f"CW-L2 (torchattacks), c=1, lr 0.01, {b.cw_steps} steps (unbounded L2)",
+            f"CW-L2 (torchattacks), c=1, lr 0.01, {plural(b.cw_steps, 'step')} (unbounded L2)",
             torchattacks_attack(torchattacks.CW(m, c=1, kappa=0, steps=b.cw_steps, lr=0.01)),
         ),
         "MIFGSM": (
-            f"MI-FGSM, {b.mifgsm_steps} steps, decay 1.0",
+            f"MI-FGSM, {plural(b.mifgsm_steps, 'step')}, decay 1.0",
             torchattacks_attack(
                 torchattacks.MIFGSM(m, eps=eps, alpha=eps / 4, steps=b.mifgsm_steps, decay=1.0)
             ),
         ),
         "DeepFool": (
-            f"DeepFool-L2 (batched), {b.deepfool_steps} steps, overshoot 0.02 (unbounded L2)",
+            f"DeepFool-L2 (batched), {plural(b.deepfool_steps, 'step')}, overshoot 0.02 (unbounded L2)",
             deepfool(m, b.deepfool_steps, 0.02),
         ),
         "EOTPGD": (
-            f"EOTPGD (torchattacks), {b.eotpgd_steps} steps x {b.eotpgd_samples} EOT iterations, taps frozen",
+            f"EOTPGD (torchattacks), {plural(b.eotpgd_steps, 'step')} x "
+            f"{plural(b.eotpgd_samples, 'EOT iteration')}, taps frozen",
             torchattacks_attack(
                 torchattacks.EOTPGD(
                     m,
@@ -190,12 +195,12 @@ def exact_tap_sets(ctx: EvalContext) -> tuple[torch.Tensor | None, str]:
         return (
             None,
             f"sampled expectation: {size} tap sets exceed exact_max_sets={ctx.budget.exact_max_sets}; "
-            f"{ctx.budget.exact_max_sets} draws per step",
+            f"{plural(ctx.budget.exact_max_sets, 'draw')} per step",
         )
     space = f"C({layer.num_positions},{layer.n})={size}"
     label = f"exact expectation over all {space} tap sets of {ctx.runner.first_name}"
     if layers > 1:
-        label += f"; the other {layers - 1} DCS layer(s) sampled"
+        label += f"; the other {plural(layers - 1, 'DCS layer')} sampled"
     return all_tap_sets(layer), label
 
 
@@ -223,47 +228,48 @@ def adaptive_attacks(
         # The paper protocol's attack, re-scored on K fresh draws: a candidate like any other, so the
         # worst case can never be weaker than the attack the paper reports.
         "PGD (one frozen draw)": (
-            f"PGD, {b.pgd_steps} steps, on one frozen draw of taps (the paper's attack)",
+            f"PGD, {plural(b.pgd_steps, 'step')}, on one frozen draw of taps (the paper's attack)",
             under_one_draw(m, pgd(m, eps, b.pgd_steps)),
             True,
         ),
         "EOT-PGD": (
-            f"PGD on E[softmax] over {b.eot_samples} batched draws per step, {b.eot_steps} steps",
+            f"PGD on E[softmax] over {plural(b.eot_samples, 'batched draw')} per step, "
+            f"{plural(b.eot_steps, 'step')}",
             pgd(eot, eps, b.eot_steps),
             True,
         ),
         "APGD-CE (EOT)": (
-            f"APGD-CE, {b.apgd_steps} it., EOT over {b.apgd_eot} draws per step",
+            f"APGD-CE, {b.apgd_steps} it., EOT over {plural(b.apgd_eot, 'draw')} per step",
             apgd(eot_apgd, eps, b.apgd_steps, "ce", ctx.seed),
             True,
         ),
         "APGD-DLR (EOT)": (
-            f"APGD-DLR, {b.apgd_steps} it., EOT over {b.apgd_eot} draws per step",
+            f"APGD-DLR, {b.apgd_steps} it., EOT over {plural(b.apgd_eot, 'draw')} per step",
             apgd(eot_apgd, eps, b.apgd_steps, "dlr", ctx.seed + 1),
             True,
         ),
         "exact expectation": (
-            f"PGD, {b.exact_steps} steps of {exact_alpha / eps:.2g} eps, {exact_label}",
+            f"PGD, {plural(b.exact_steps, 'step')} of {exact_alpha / eps:.2g} eps, {exact_label}",
             pgd(exact, eps, b.exact_steps, alpha=exact_alpha),
             True,
         ),
         "Square (EOT)": (
             f"Square (gradient-free), {b.square_queries} queries; loss and early stop on the mean of "
-            f"{b.square_eot} forwards",
+            f"{plural(b.square_eot, 'forward')}",
             square(eot_square, eps, b.square_queries, ctx.seed),
             True,
         ),
     }
     if b.margin_steps > 0:
         attacks["EOT-PGD (margin)"] = (
-            f"PGD on the margin of log E[softmax] over {b.margin_samples} batched draws per step, "
-            f"{b.margin_steps} steps, each image's best iterate",
+            f"PGD on the margin of log E[softmax] over {plural(b.margin_samples, 'batched draw')} per step, "
+            f"{plural(b.margin_steps, 'step')}, each image's best iterate",
             margin_pgd(eot_margin, eps, b.margin_steps),
             True,
         )
     if ctx.transfer_source is not None:
         attacks["transfer"] = (
-            f"PGD, {b.transfer_steps} steps, on the same network trained without DCS",
+            f"PGD, {plural(b.transfer_steps, 'step')}, on the same network trained without DCS",
             pgd(ctx.transfer_source, eps, b.transfer_steps),
             True,
         )
@@ -340,7 +346,8 @@ def run_adaptive(ctx: EvalContext, x: torch.Tensor, y: torch.Tensor) -> Protocol
     verdicts = torch.cat([known_taps_batch(ctx, xb, yb)[1] for xb, yb in batches(x, y, b.batch_size)])
     result.seconds["known taps"] = time.perf_counter() - start
     result.descriptions["known taps"] = (
-        f"PGD, {b.known_steps} steps, one draw frozen for attack and prediction (the damage if a draw leaks)"
+        f"PGD, {plural(b.known_steps, 'step')}, one draw frozen for attack and prediction "
+        "(the damage if a draw leaks)"
     )
     result.accuracies["known taps"] = Accuracy.of(
         verdicts.double().cpu(), "the attack's own draw (one frozen draw per batch)"

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import EvaluationError
+from ..text import plural
 from .attacks import AttackFn, isolated_rng
 from .budget import Budget
 from .context import EvalContext
@@ -116,15 +117,14 @@ class ReferenceAutoAttack:
         """What runs, with this budget's settings."""
         b = self.budget
         if self.version == "standard":
+            targets = plural(self.targets, "target")
             attacks = (
-                f"APGD-CE {b.reference_steps} it., APGD-T {b.reference_steps} it. x {self.targets} "
-                f"target(s), FAB-T {b.reference_steps} it. x {self.targets} target(s), "
-                f"Square {b.reference_square_queries} queries"
+                f"APGD-CE {b.reference_steps} it., APGD-T {b.reference_steps} it. x {targets}, "
+                f"FAB-T {b.reference_steps} it. x {targets}, Square {b.reference_square_queries} queries"
             )
         else:
-            attacks = (
-                f"APGD-CE + APGD-DLR, {b.reference_steps} it., EOT over {b.reference_eot} forwards per step"
-            )
+            forwards = plural(b.reference_eot, "forward")
+            attacks = f"APGD-CE + APGD-DLR, {b.reference_steps} it., EOT over {forwards} per step"
         return (
             f"pyautoattack {pyautoattack_version()} AutoAttack {self.version} on the live model: {attacks}; "
             "it attacks an image until one forward misclassifies it"

@@ -125,10 +125,13 @@ def check_gradient_free(adaptive: ProtocolResult | None) -> SanityCheck:
     best, free = gradient_based[best_name], acc["Square (EOT)"].mean
     diff = paired_difference(acc[best_name].per_example, acc["Square (EOT)"].per_example)
     ok = diff.low <= GRADIENT_FREE_MARGIN
+    # diff is gradient-based minus Square: positive when Square, gradient-free, is the stronger attack.
+    gap = round(diff.mean, 3)
+    relation = f"Square is {'lower' if gap > 0 else 'higher'} by {abs(gap):.3f}" if gap else "the same"
     detail = (
-        f"Square (EOT) {free:.3f} vs best gradient-based {best_name} {best:.3f}: it is lower by "
-        f"{diff.mean:.3f} [{diff.low:.3f}, {diff.high:.3f}] (fails when the whole interval exceeds "
-        f"{GRADIENT_FREE_MARGIN}: gradient masking)"
+        f"Square (EOT) {free:.3f} vs best gradient-based {best_name} {best:.3f}: {relation} "
+        f"(gradient-based minus Square {diff.mean:.3f} [{diff.low:.3f}, {diff.high:.3f}]; fails when that "
+        f"whole interval exceeds {GRADIENT_FREE_MARGIN}: gradient masking)"
     )
     return SanityCheck(
         name, ok, detail, {"square": free, "gradient_based": gradient_based, "difference": diff.to_dict()}

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..text import plural
 from .draws import DrawRunner, TapSets, all_tap_sets, n_tap_sets
 from .stats import accuracy_interval
 
@@ -58,12 +59,13 @@ class Scorer:
                 f"of {runner.first_name}"
             )
         else:
-            why = (
-                f"{runner.layer_count} DCS layers"
-                if runner.layer_count > 1
-                else f"{n_tap_sets(layer)} tap sets > {max_sets}"
-            )
-            self.method = f"sampled: {draws} independent draws per image ({why})"
+            if runner.layer_count > 1:
+                why = f"{runner.layer_count} DCS layers"
+            elif max_sets > 0:
+                why = f"{n_tap_sets(layer)} tap sets, more than the {max_sets} scored exactly"
+            else:
+                why = "exact scoring off"
+            self.method = f"sampled: {plural(draws, 'independent draw')} per image ({why})"
 
     @property
     def exact(self) -> bool:

@@ -8,6 +8,7 @@ Format (docs/architecture.md): ``{"format": "dcspass-checkpoint-v1", "config": T
 
 from __future__ import annotations
 
+import errno
 import random
 from pathlib import Path
 from typing import Any
@@ -81,11 +82,12 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     write_atomic(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, flag: str | None = None) -> dict[str, Any]:
     """Read a checkpoint dict on the CPU (``weights_only=True``).
 
     Tensors stay on the CPU: ``load_state_dict`` copies them to wherever the model lives, and the RNG
     states must be CPU tensors anyway. So a device problem can never surface here as a bad file.
+    ``flag`` names the command-line option that gave ``path`` (``"--checkpoint"``), for messages.
 
     Raises:
         CheckpointError: the file is missing, does not parse (corrupt, truncated, not a torch file),
@@ -94,20 +96,27 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise CheckpointError(f"checkpoint {path} {what}; train first or check --out / the path")
+        raise CheckpointError(f"checkpoint {path} {what}; train first, or check {flag or 'the path'}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+        # EINVAL: the zip reader seeked before the start of a truncated file; a bad file, not a bad disk.
+        if exc.errno != errno.EINVAL:
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+        raise _unparsable(path, exc) from exc
     except Exception as exc:  # any parse failure: torch raises KeyError, EOFError, UnpicklingError, ...
-        raise CheckpointError(
-            f"checkpoint {path} cannot be parsed: it is corrupt, truncated or not a torch file "
-            f"({type(exc).__name__}: {str(exc)[:200]}); point to another file, or train again"
-        ) from exc
+        raise _unparsable(path, exc) from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path} is not a dcspass checkpoint (format {found!r}, expected {FORMAT!r})")
     return state
+
+
+def _unparsable(path: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} cannot be parsed: it is corrupt, truncated or not a torch file "
+        f"({type(exc).__name__}: {str(exc)[:200]}); point to another file, or train again"
+    )
 
 
 # What makes two configs the same network; the DCS fields count only when there is a DCS pass.
@@ -132,6 +141,7 @@ def load_model(
     path: str | Path,
     map_location: str | torch.device = "cpu",
     expect: dict[str, Any] | None = None,
+    flag: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the trained network of a checkpoint: ``(model, config)``, model in eval mode.
 
@@ -141,8 +151,9 @@ def load_model(
             the file itself is always read on the CPU).
         expect: optional ``{field: value}`` the checkpoint's config must match (e.g.
             ``{"arch": "resnet18", "num_classes": 10}``); a mismatch is a ``CheckpointError``.
+        flag: the command-line option that gave ``path``, named by the messages (``load_checkpoint``).
     """
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, flag)
     config = state["config"]
     for key, value in (expect or {}).items():
         if config.get(key) != value:

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from ..errors import ConfigError, DCSError
 from ..files import remove_stale_temporaries
 from ..progress import bar, log, stage
+from ..text import plural
 from .checkpoint import capture_rng, check_compatible, load_checkpoint, restore_rng, save_checkpoint
 from .config import TrainConfig, build_network
 from .distributed import DistContext, EpochSampler, all_reduce_sum, barrier, init_distributed
@@ -71,6 +72,17 @@ def _eval_loader(eval_set: Dataset, config: TrainConfig, ctx: DistContext) -> Da
     return DataLoader(Subset(eval_set, range(ctx.rank, count, ctx.world_size)), batch_size=config.batch_size)
 
 
+def _check_checkpoint_path(path: Path | None, resume: bool, overwrite: bool) -> None:
+    """``ConfigError`` for a run that would replace a checkpoint nobody asked it to replace."""
+    if resume and overwrite:
+        raise ConfigError("train: resume=True and overwrite=True contradict each other; pass one of them")
+    if path is not None and path.exists() and not (resume or overwrite):
+        raise ConfigError(
+            f"train: checkpoint {path} already exists; pass resume=True to continue it, overwrite=True to "
+            "train from scratch over it, or another checkpoint_path"
+        )
+
+
 def train(
     config: TrainConfig,
     train_set: Dataset,
@@ -81,6 +93,7 @@ def train(
     stop_after_epoch: int | None = None,
     name: str | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train one network as ``config`` describes.
 
@@ -90,6 +103,8 @@ def train(
             ``config.eval_examples`` of ``eval_set`` are the per-epoch held-out slice.
         checkpoint_path: where the per-epoch checkpoint goes (None: no checkpoint).
         resume: continue from ``checkpoint_path`` if it exists (it must hold the same network).
+        overwrite: train from scratch over an existing ``checkpoint_path``; without it (or ``resume``)
+            an existing checkpoint is a ``ConfigError``, never silently replaced.
         device: ``"cpu"``, ``"cuda"``...; None picks CUDA when available. Under ``torchrun`` each
             process joins the process group and trains with DDP.
         stop_after_epoch: stop once this many epochs are done (as if killed after that epoch).
@@ -97,9 +112,10 @@ def train(
         progress: show tqdm bars (only on a terminal), the stage line and the per-epoch log lines
             (``dcspass.progress.quiet()`` silences them all).
     """
+    checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+    _check_checkpoint_path(checkpoint_path, resume, overwrite)  # before any work, on every process
     ctx = init_distributed(device)
     name = name or config.method
-    checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
     if config.batch_size % ctx.world_size:
         raise ConfigError(
             f"batch_size={config.batch_size} must be divisible by the {ctx.world_size} processes"
@@ -211,7 +227,7 @@ def train(
             lr=lr,
             seconds=round(seconds, 1),
             note=f"(held-out accuracy: {record['eval_images']} images, expected over "
-            f"{record['eval_draws']} draw(s) of taps, paper-protocol attack)",
+            f"{plural(record['eval_draws'], 'draw')} of taps, paper-protocol attack)",
         )
         if checkpoint_path is not None and ctx.is_main:
             save_checkpoint(
