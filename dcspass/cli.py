@@ -201,15 +201,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_data(args: argparse.Namespace) -> int:
-    from .data import CIFAR10_BINARY, default_data_dir
-    from .fetch import fetch_cifar10, make_cifar10_subset, verify_cifar10
+    from .data import CIFAR10_BINARY, check_cifar10_release, default_data_dir
+    from .fetch import fetch_cifar10, make_cifar10_subset
 
     root = Path(args.root) if args.root is not None else default_data_dir()
     if args.action == "fetch":
         folder = fetch_cifar10(root, tarball=args.tarball, force=args.force)
         print(f"CIFAR-10 binary release in {folder}: sizes and MD5s match the official release")
     elif args.action == "check":
-        verify_cifar10(root / CIFAR10_BINARY.folder)
+        check_cifar10_release(root / CIFAR10_BINARY.folder)
         print(f"{root / CIFAR10_BINARY.folder}: sizes and MD5s match the official release")
     else:
         folder = make_cifar10_subset(root, train=args.train, test=args.test, out=args.out)

