@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["distribution_version", "file_sha256", "provenance"]
+__all__ = ["distribution_version", "file_record", "file_sha256", "provenance"]
 
 
 def file_sha256(path: str | Path) -> str:
@@ -27,6 +27,17 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_record(path: str | Path) -> dict[str, Any]:
+    """``{path, bytes, sha256}`` of a file (resolved path; size and sha256 None where it does not exist)."""
+    p = Path(path).resolve()
+    exists = p.is_file()
+    return {
+        "path": str(p),
+        "bytes": p.stat().st_size if exists else None,
+        "sha256": file_sha256(p) if exists else None,
+    }
 
 
 def distribution_version(distribution: str) -> str | None:
@@ -63,15 +74,7 @@ def provenance(
         ``{"command", "seed", "device", "dataset": {name, split, data_dir}, "checkpoints": {role:
         {path, bytes, sha256}}, "versions": {dcspass, torch, torchattacks, python}, "platform", "time"}``.
     """
-    records = {}
-    for role, path in (checkpoints or {}).items():
-        p = Path(path).resolve()
-        exists = p.is_file()
-        records[role] = {
-            "path": str(p),
-            "bytes": p.stat().st_size if exists else None,
-            "sha256": file_sha256(p) if exists else None,
-        }
+    records = {role: file_record(path) for role, path in (checkpoints or {}).items()}
     return {
         "command": command,
         "seed": seed,

@@ -10,6 +10,7 @@ flags and configs live in ``recipes.spec``, the report's tables in ``recipes.rep
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shlex
 import sys
@@ -59,11 +60,32 @@ from .spec import (
     resume_command,
 )
 
-__all__ = ["Interrupted", "Placement", "RecipeSpec", "evaluate_pair", "fig4a", "main", "run"]
+__all__ = [
+    "Interrupted",
+    "Placement",
+    "RecipeSpec",
+    "evaluate_both_protocols",
+    "evaluate_pair",
+    "fig4a",
+    "main",
+    "run",
+]
 
 
 class Interrupted(Exception):
     """Ctrl-C during a recipe; the message says where the last checkpoint is and how to resume."""
+
+
+def evaluate_both_protocols(
+    model: nn.Module, loader: Any, *, transfer_source: nn.Module | None, **options: Any
+) -> Any:
+    """``dcspass.evaluate`` under both protocols (``options``: its keywords), without its warning that a
+    network has no DCS layer: the PGD-AT baseline has none by design."""
+    from dcspass.evaluation import evaluate
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*has no DCS layer.*")
+        return evaluate(model, loader, protocol="both", transfer_source=transfer_source, **options)
 
 
 def evaluate_pair(
@@ -110,26 +132,22 @@ def evaluate_pair(
     if not full:
         return results
     try:
-        from dcspass.evaluation import evaluate
+        importlib.import_module("dcspass.evaluation")
     except ImportError:
         return results
     reports, markdown = {}, {}
     for key, model, source in (("at", baseline, None), ("dcs", dcs, baseline)):
-        with warnings.catch_warnings():
-            # The baseline has no DCS layer by design; evaluate's warning about that is expected here.
-            warnings.filterwarnings("ignore", message=".*has no DCS layer.*")
-            report = evaluate(
-                model,
-                loader,
-                protocol="both",
-                budget=budget,
-                transfer_source=source,
-                device=device,
-                seed=seed,
-                eps=eps,
-                examples=count if examples else None,
-                subject=(subjects or {}).get(key, ""),
-            )
+        report = evaluate_both_protocols(
+            model,
+            loader,
+            transfer_source=source,
+            budget=budget,
+            device=device,
+            seed=seed,
+            eps=eps,
+            examples=count if examples else None,
+            subject=(subjects or {}).get(key, ""),
+        )
         if records and key in records:
             report.config["provenance"] = records[key]
         report.save(out / f"eval_{key}")

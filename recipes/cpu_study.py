@@ -25,7 +25,6 @@ import shlex
 import shutil
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +37,11 @@ from dcspass.errors import ConfigError, DCSError
 from dcspass.files import write_text_atomic
 from dcspass.preflight import output_dir
 from dcspass.progress import log, quiet
-from dcspass.provenance import provenance
+from dcspass.provenance import file_record, provenance
 from dcspass.training import TrainConfig, train
 from dcspass.training.checkpoint import load_checkpoint, load_model
 
+from .common import evaluate_both_protocols
 from .report import headline
 
 __all__ = ["ARMS", "Arm", "main", "run"]
@@ -226,8 +226,6 @@ def _evaluate_point(
     command: str,
 ) -> dict[str, Any]:
     """Every arm's report at ``point`` (read back from disk where an earlier run wrote it)."""
-    from dcspass.evaluation import evaluate
-
     loader = DataLoader(Subset(test_set, range(min(count, len(test_set)))), batch_size=128)
     baseline, _ = load_model(checkpoints["pgd_at"])
     reports = {}
@@ -235,22 +233,17 @@ def _evaluate_point(
         folder = args.out / f"eval_epoch{point}" / arm.key
         if not (folder / "report.json").exists():
             model, _ = load_model(checkpoints[arm.key])
-            with warnings.catch_warnings():
-                # The PGD-AT arm has no DCS layer by design; evaluate's warning about that is expected.
-                warnings.filterwarnings("ignore", message=".*has no DCS layer.*")
-                report = evaluate(
-                    model,
-                    loader,
-                    protocol="both",
-                    budget=args.budget,
-                    transfer_source=None if arm.policy is None else baseline,
-                    seed=args.seed,
-                    examples=count,
-                    analyses=False,
-                    device=args.device,
-                    subject=f"{arm.label}, ResNet-18 width {args.width}, epoch {point}, "
-                    f"{checkpoints[arm.key]}",
-                )
+            report = evaluate_both_protocols(
+                model,
+                loader,
+                transfer_source=None if arm.policy is None else baseline,
+                budget=args.budget,
+                seed=args.seed,
+                examples=count,
+                analyses=False,
+                device=args.device,
+                subject=f"{arm.label}, ResNet-18 width {args.width}, epoch {point}, {checkpoints[arm.key]}",
+            )
             report.config["provenance"] = provenance(
                 command=command,
                 seed=args.seed,
@@ -293,14 +286,7 @@ def _summarise(
                     }
                 )
     checkpoints = {
-        arm.key: provenance(
-            command=command,
-            seed=args.seed,
-            device=args.device or "cpu",
-            dataset="cifar10",
-            split="train",
-            checkpoints={f"epoch{p}": args.out / f"{arm.key}_epoch{p}.pt" for p in points},
-        )["checkpoints"]
+        arm.key: {f"epoch{p}": file_record(args.out / f"{arm.key}_epoch{p}.pt") for p in points}
         for arm in arms
     }
     return {
